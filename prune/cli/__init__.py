@@ -1,0 +1,1 @@
+"""Command-line interface of prune-llm. The library never imports this package."""

@@ -1,0 +1,39 @@
+"""Errors a user can act on. Each message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class PruneError(Exception):
+    """Base class of every error prune-llm raises for bad input.
+
+    The CLI prints these as one line (``error: <message>``) and exits with status 2,
+    with no traceback; anything else is a bug and keeps its traceback.
+    """
+
+
+class ModelNotFoundError(PruneError):
+    """The model id, alias, folder or file cannot be resolved or loaded."""
+
+
+class AnatomyError(PruneError):
+    """The block list of a model cannot be found or is inconsistent."""
+
+
+class TargetError(PruneError):
+    """A pruning target is malformed or impossible for this model."""
+
+
+class DataError(PruneError):
+    """Calibration or evaluation data is missing, empty or malformed."""
+
+
+class OutputExistsError(PruneError):
+    """The output folder exists and overwriting was not asked for."""
+
+
+class RecipeError(PruneError):
+    """A recipe file is invalid."""
+
+
+class HubError(PruneError):
+    """Pushing to the Hugging Face Hub failed (no token, no network, no permission)."""

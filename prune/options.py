@@ -1,0 +1,85 @@
+"""The options of a pruning run, declared once.
+
+`PruneOptions` is the single source of truth for what a run can be told: recipes (YAML) are validated
+into it, the CLI generates its flags from it, and the Python pipeline takes it. Every field carries its
+help text where it is declared, so a recipe key and its flag cannot drift apart.
+
+This module must stay light to import (no torch): the CLI builds `--help` from it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PruneOptions(BaseModel):
+    """Everything a pruning run needs to know. Unknown keys are errors.
+
+    Example:
+        >>> opts = PruneOptions(model="minilm-l6", target="4-layers")
+        >>> opts.strategy
+        'span'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(
+        description="Model to prune: a Hugging Face Hub id, an alias (`prune-llm models` lists them), "
+        "a local folder, or a .gguf file."
+    )
+    target: str = Field(
+        description="How many blocks to keep or drop: 'N-layers' keeps N, 'drop-N' removes N, "
+        "'P%' removes P percent of the blocks."
+    )
+    strategy: str = Field(
+        default="span",
+        description="How blocks are chosen: span (contiguous blocks with the smallest angular distance), "
+        "topk (independent blocks with the lowest score), cka (RedTest: lowest CKA(input, output) is "
+        "dropped), iterative (greedy removal scored on calibration loss), last, random.",
+    )
+    metric: str | None = Field(
+        default=None,
+        description="Per-block score that topk and iterative rank by (bi, cka); default: the strategy's own.",
+    )
+    allow_last: bool = Field(
+        default=False, description="Allow removing the last block (it is usually the most important)."
+    )
+    calib: str = Field(
+        default="default",
+        description="Calibration data: 'default' (offline news text when fetched, else WikiText-2 from the "
+        "Hub), a local .txt/.csv/.json/.jsonl file or folder, or a Hub dataset 'name[:config][:split]'.",
+    )
+    calib_samples: int = Field(default=128, ge=1, description="Number of calibration sequences.")
+    seq_len: int = Field(default=256, ge=8, description="Tokens per calibration/evaluation sequence.")
+    batch_size: int = Field(default=8, ge=1, description="Sequences per forward pass.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Stop collecting statistics after this many (non-padding) tokens."
+    )
+    text_column: str | None = Field(
+        default=None, description="Column holding the text in the data (default: 'text' or the only string column)."
+    )
+    eval: str = Field(
+        default="default",
+        description="Held-out data for before/after evaluation (same forms as --calib), or 'none' to skip.",
+    )
+    eval_samples: int = Field(default=64, ge=1, description="Number of held-out sequences to evaluate on.")
+    block_path: str | None = Field(
+        default=None, description="Dotted path of the block list (e.g. 'model.layers') for custom models."
+    )
+    out: str | None = Field(default=None, description="Folder to save the pruned model, tokenizer and report in.")
+    force: bool = Field(default=False, description="Overwrite --out if it exists.")
+    push_to_hub: str | None = Field(
+        default=None, description="Push the pruned model with a generated model card to this Hub repo."
+    )
+    private: bool = Field(default=False, description="Create the Hub repo as private.")
+    revision: str | None = Field(default=None, description="Branch of the Hub repo to push to.")
+    device: str = Field(default="auto", description="Device: auto, cpu, cuda, cuda:N, mps.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Dtype of the forward passes (statistics are always summed in float64)."
+    )
+    seed: int = Field(default=0, description="Seed for data shuffling and the random strategy.")
+    trust_remote_code: bool = Field(
+        default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
+    )
