@@ -1,0 +1,430 @@
+"""Resolve what the user typed (alias, folder, .gguf file, Hub id) and load the model with the right head.
+
+Resolution order for a spec:
+  1. an alias from `prune/aliases.json` (its offline copy when one is installed or cached, else its Hub id);
+  2. an existing local path: a `.gguf` file, a folder with `config.json`, or a folder holding one `.gguf`;
+  3. anything shaped like a Hub id ("org/name" or "name").
+
+The Auto class comes from the checkpoint's own `architectures` through a small suffix table, so a
+classifier keeps its head and a decoder-only LM gets its LM head. GGUF checkpoints are dequantized on load
+and their quantizer state is cleared, so the result saves as an ordinary safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from prune.assets import FIX as ASSETS_FIX
+from prune.assets import cache_dir, package_dir
+from prune.errors import ModelNotFoundError, PruneError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ModelKind = Literal["causal-lm", "encoder", "other"]
+logger = logging.getLogger(__name__)
+
+_ALIASES_FILE = Path(__file__).with_name("aliases.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+# Architecture-name suffix -> (Auto class, kind). Order matters: the first matching suffix wins.
+_HEADS: tuple[tuple[str, str, ModelKind], ...] = (
+    ("ForCausalLM", "AutoModelForCausalLM", "causal-lm"),
+    ("LMHeadModel", "AutoModelForCausalLM", "causal-lm"),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification", "encoder"),
+    ("ForTokenClassification", "AutoModelForTokenClassification", "encoder"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering", "encoder"),
+    ("ForMaskedLM", "AutoModelForMaskedLM", "encoder"),
+    ("ForMultipleChoice", "AutoModelForMultipleChoice", "encoder"),
+    ("ForNextSentencePrediction", "AutoModelForNextSentencePrediction", "encoder"),
+    ("ForPreTraining", "AutoModelForPreTraining", "encoder"),
+    ("ForConditionalGeneration", "AutoModelForSeq2SeqLM", "other"),
+)
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from.
+
+    `kind` says how it is loaded: "hub" (a Hub id), "local" (a saved folder) or "gguf" (`gguf_file` inside
+    the folder `location`). A resolved alias keeps the kind of its location and records the alias in
+    `alias`; the value "alias" is kept in the type for compatibility but never produced.
+    """
+
+    spec: str
+    kind: Literal["hub", "local", "gguf", "alias"]
+    location: str
+    gguf_file: str | None = None
+    alias: str | None = None
+    hub_id: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with its tokenizer, where it came from and its kind."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    source: ModelSource
+    kind: ModelKind
+
+
+@cache
+def _aliases() -> dict[str, dict]:
+    with open(_ALIASES_FILE, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def list_aliases() -> dict[str, dict]:
+    """The model aliases from `prune/aliases.json`: name -> {hub_id, description, offline}.
+
+    Example:
+        >>> list_aliases()["bert-base"]["hub_id"]
+        'google-bert/bert-base-uncased'
+    """
+    return {name: dict(entry) for name, entry in _aliases().items()}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _suggest(spec: str) -> str:
+    close = difflib.get_close_matches(spec.lower(), list(_aliases()), n=3, cutoff=0.5)
+    return f"did you mean {', '.join(close)}? " if close else ""
+
+
+def _offline_copy(spec: str, alias: str, entry: dict) -> ModelSource | None:
+    """The first installed or cached offline copy of an alias, if any."""
+    for where in entry.get("offline", []):
+        if "package" in where:
+            base = package_dir(where["package"])
+            if base is None:
+                continue
+            folder = base / where.get("subfolder", "")
+        else:
+            folder = cache_dir() / where["cache"]
+        gguf = where.get("gguf_file")
+        if gguf and (folder / gguf).is_file():
+            return ModelSource(spec, "gguf", str(folder), gguf, alias, entry["hub_id"])
+        if not gguf and (folder / "config.json").is_file():
+            return ModelSource(spec, "local", str(folder), None, alias, entry["hub_id"])
+    return None
+
+
+def _local_source(spec: str, path: Path) -> ModelSource:
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(
+                f"{spec} is a file but not a .gguf checkpoint; pass a .gguf file or a folder written by save_pretrained"
+            )
+        return ModelSource(spec, "gguf", str(path.parent.resolve()), path.name)
+    if (path / "config.json").is_file():
+        return ModelSource(spec, "local", str(path.resolve()))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource(spec, "gguf", str(path.resolve()), ggufs[0].name)
+    if ggufs:
+        names = ", ".join(p.name for p in ggufs)
+        raise ModelNotFoundError(
+            f"folder {spec} holds several .gguf files ({names}); pass the path of one of them"
+        )
+    raise ModelNotFoundError(
+        f"folder {spec} has no config.json and no .gguf file; check the path (it must be a folder written by "
+        "save_pretrained or a .gguf file)"
+    )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def resolve_model_source(spec: str) -> ModelSource:
+    """Turn an alias, a local path or a Hub id into a `ModelSource`, without loading anything.
+
+    Args:
+        spec: e.g. "minilm-l6", "./pruned", "model.Q4_1.gguf", "Qwen/Qwen2.5-7B".
+
+    Raises:
+        ModelNotFoundError: a path that does not exist, an unknown name, or (with HF_HUB_OFFLINE=1) a Hub
+            id that is not in the local Hub cache.
+
+    Example:
+        >>> resolve_model_source("bert-base").hub_id
+        'google-bert/bert-base-uncased'
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelNotFoundError(
+            "empty model name; pass an alias (see `prune-llm models`), a folder or a Hub id"
+        )
+    entry = _aliases().get(spec.lower())
+    if entry is not None:
+        alias = spec.lower()
+        return _offline_copy(spec, alias, entry) or ModelSource(
+            spec, "hub", entry["hub_id"], None, alias, entry["hub_id"]
+        )
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _local_source(spec, path)
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1
+    )
+    if looks_like_path or not _HUB_ID.match(spec):
+        raise ModelNotFoundError(f"{spec} does not exist; {_suggest(spec)}check the path")
+    if _offline() and not _in_hub_cache(spec):
+        what = f"Hub id {spec} is" if "/" in spec else f"{spec} is not an alias and"
+        raise ModelNotFoundError(
+            f"{what} not in the local Hub cache, and you are offline; {_suggest(spec)}use an alias "
+            "(`prune-llm models`), a local folder, or set HF_HUB_OFFLINE=0"
+        )
+    return ModelSource(spec, "hub", spec, None, None, spec)
+
+
+def _auto_class(config: Any) -> tuple[str, ModelKind]:
+    """Pick the Auto class and kind from a config's `architectures` (head kept) or its model type."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        return "AutoModelForSeq2SeqLM", "other"
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    for arch in getattr(config, "architectures", None) or ():
+        # Multimodal LMs such as Gemma 3 are registered as causal LMs under a ...ForConditionalGeneration name.
+        if arch in causal_classes:
+            return "AutoModelForCausalLM", "causal-lm"
+        for suffix, auto_name, kind in _HEADS:
+            if arch.endswith(suffix):
+                return auto_name, kind
+    # A bare backbone ("LlamaModel") or no architectures: a decoder-only family gets its LM head back.
+    model_type = getattr(config, "model_type", None)
+    if (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
+        return "AutoModelForCausalLM", "causal-lm"
+    return "AutoModel", "encoder"
+
+
+def model_kind(model: Any) -> ModelKind:
+    """The kind of a model: "causal-lm" (causal LM head), "encoder" (per-token hidden states) or "other".
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> model_kind(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...                                 intermediate_size=37)))
+        'encoder'
+    """
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return "other"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = type(model).__name__
+    if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) or name.endswith(
+        ("ForCausalLM", "LMHeadModel")
+    ):
+        return "causal-lm"
+    return "encoder"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn "auto" into cuda when available (else cpu); check an explicit device.
+
+    Example:
+        >>> str(resolve_device("cpu"))
+        'cpu'
+    """
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise PruneError(f"unknown device {device!r}; pass auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PruneError(f"device {device!r} asked for but CUDA is not available; pass --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PruneError(f"device {device!r} asked for but MPS is not available; pass --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """Turn "auto" into float32 on CPU, bfloat16 on CUDA when supported (else float32); or parse a name.
+
+    Example:
+        >>> import torch
+        >>> resolve_dtype("bf16", torch.device("cpu"))
+        torch.bfloat16
+    """
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if str(dtype).lower() not in _DTYPES:
+        raise PruneError(f"unknown dtype {dtype!r}; pass auto, float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[str(dtype).lower()])
+
+
+def clear_gguf_state(model: Any) -> None:
+    """Forget that a model was loaded from GGUF (its weights are already dequantized), so it saves.
+
+    Example:
+        >>> clear_gguf_state(object())  # no-op on anything without quantizer state
+    """
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if getattr(model, "quantization_method", None) is not None:
+        model.quantization_method = None
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+
+
+def _head_missing(model: Any, missing_keys: Any) -> bool:
+    """True when weights outside the backbone (the task or LM head) were absent from the checkpoint."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return any(not prefix or not key.startswith(prefix + ".") for key in missing_keys)
+
+
+def _load_error(source: ModelSource, exc: Exception) -> ModelNotFoundError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ImportError):
+        return ModelNotFoundError(
+            f"cannot load {source.spec}: {first}; install the missing package (pip install 'prune-llm[gguf]' "
+            "for .gguf files)"
+        )
+    if source.kind != "hub":
+        return ModelNotFoundError(
+            f"cannot load {source.spec} from {source.location} ({first}); check the path"
+        )
+    if _offline():
+        fix = (
+            f"{ASSETS_FIX} for the offline copy"
+            if source.alias and _aliases()[source.alias].get("offline")
+            else ""
+        )
+        fix = fix or "use a local folder or an alias with an offline copy"
+        return ModelNotFoundError(
+            f"cannot load {source.location} from the Hub: you are offline; set HF_HUB_OFFLINE=0 or {fix}"
+        )
+    return ModelNotFoundError(
+        f"cannot load {source.location} from the Hub ({first}); check the id, run `hf auth login` for gated "
+        f"models, or pass a local folder. {_suggest(source.spec)}".strip()
+    )
+
+
+def load_model(
+    spec: str | ModelSource,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model and its tokenizer, in eval mode, on `device`, in `dtype`.
+
+    Args:
+        spec: alias, local folder, .gguf file, Hub id, or a resolved `ModelSource`.
+        device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16" or a torch dtype.
+        trust_remote_code: allow custom modelling code from the checkpoint.
+
+    Raises:
+        ModelNotFoundError: the model cannot be resolved or loaded (with the fix in the message).
+
+    Example:
+        >>> loaded = load_model("minilm-l6", device="cpu")  # doctest: +SKIP
+        >>> loaded.kind, type(loaded.model).__name__  # doctest: +SKIP
+        ('encoder', 'BertModel')
+    """
+    import transformers
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model_source(spec)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    # Big models go straight to the accelerator instead of through CPU memory first.
+    device_map = None if dev.type == "cpu" else str(dev)
+    load_kwargs = {"dtype": torch_dtype, "device_map": device_map, **kwargs}
+    model = None
+    try:
+        if source.gguf_file:
+            # Almost every GGUF checkpoint is a decoder LM; trying that first skips one full parse of the
+            # file (the GGUF reader is the slow part: seconds per parse). Others fall through to the config.
+            try:
+                model = transformers.AutoModelForCausalLM.from_pretrained(source.location, **load_kwargs)
+            except ValueError:
+                model = None
+        if model is None:
+            config = transformers.AutoConfig.from_pretrained(source.location, **kwargs)
+            auto_cls = getattr(transformers, _auto_class(config)[0])
+            model, info = auto_cls.from_pretrained(
+                source.location, config=config, output_loading_info=True, **load_kwargs
+            )
+            if auto_cls is not transformers.AutoModel and _head_missing(model, info.get("missing_keys", ())):
+                # Sentence-transformers checkpoints declare ...ForMaskedLM but ship no head; a random head
+                # would make head-based scores meaningless, so the backbone is loaded instead.
+                logger.warning(
+                    "%s has no weights for the head of %s; loading the backbone (AutoModel)",
+                    source.spec,
+                    type(model).__name__,
+                )
+                del model
+                model = transformers.AutoModel.from_pretrained(source.location, config=config, **load_kwargs)
+    except (OSError, ValueError, KeyError, ImportError, struct.error) as exc:  # struct: truncated GGUF
+        raise _load_error(source, exc) from exc
+    if source.gguf_file:
+        clear_gguf_state(model)
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    tokenizer = _load_tokenizer(source, kwargs)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=model_kind(model))
+
+
+def _load_tokenizer(source: ModelSource, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase | None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        # A model without a tokenizer is still usable with batches built by the caller.
+        if source.kind == "hub" and not _offline():
+            raise _load_error(source, exc) from exc
+        return None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; masks hide it
+    return tokenizer
