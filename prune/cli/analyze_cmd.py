@@ -1,0 +1,191 @@
+"""`prune-llm analyze MODEL`: redundancy analysis only (scores, MSRS, heatmap); the model is not changed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from prune.options import PruneOptions
+
+PLOTS = ("cka_heatmap.png", "block_scores.png")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `analyze` subcommand."""
+    parser = subparsers.add_parser(
+        "analyze",
+        help="Redundancy analysis only: per-block scores, MSRS, CKA heatmap (no pruning).",
+        description="Run MODEL over calibration data and report how redundant its blocks are: block "
+        "influence, CKA(input, output) and angular distance per block, the layer-by-layer CKA matrix and "
+        "its MSRS (RedTest), and the best span of n blocks to cut. Writes analysis.json, analysis.txt, "
+        "cka_heatmap.png and block_scores.png into --out.",
+    )
+    fields = PruneOptions.model_fields
+
+    def option(flag: str, name: str, help: str | None = None, **kwargs) -> None:
+        # Help text and defaults come from PruneOptions so that these flags and the prune flags agree.
+        kwargs.setdefault("default", fields[name].default)
+        text = help or fields[name].description
+        if kwargs["default"] is not None and kwargs["default"] is not False:
+            text += f" (default: {kwargs['default']})"
+        parser.add_argument(flag, dest=name, help=text, **kwargs)
+
+    parser.add_argument(
+        "model", help="Model to analyse: " + fields["model"].description.split(":", 1)[1].strip()
+    )
+    option("--calib", "calib", metavar="DATA")
+    option("--calib-samples", "calib_samples", type=_positive_int, metavar="N")
+    option("--seq-len", "seq_len", type=_positive_int, metavar="N")
+    option("--batch-size", "batch_size", type=_positive_int, metavar="N")
+    option("--max-tokens", "max_tokens", type=_positive_int, metavar="N")
+    option("--text-column", "text_column", metavar="NAME")
+    option("--block-path", "block_path", metavar="PATH")
+    option("--device", "device")
+    option("--dtype", "dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    option("--seed", "seed", type=int, help="Seed for data shuffling.")
+    option(
+        "--allow-last",
+        "allow_last",
+        action="store_true",
+        help="Let the best spans and rankings include the last block (usually the most important).",
+    )
+    option("--trust-remote-code", "trust_remote_code", action="store_true")
+    parser.add_argument(
+        "--token-mode",
+        choices=["tokens", "mean", "last"],
+        default="tokens",
+        help="Compare hidden states of every token (default), their mean over each sequence, or the last token.",
+    )
+    parser.add_argument("--beta", type=float, default=100.0, help="MSRS sharpness beta (RedTest: 100).")
+    parser.add_argument("--eps", type=float, default=0.8, help="MSRS CKA threshold eps (RedTest: 0.8).")
+    parser.add_argument(
+        "--out", metavar="DIR", help="Folder for the results (default: analysis/<model-name>)."
+    )
+    parser.add_argument("--force", action="store_true", help="Overwrite --out if it exists.")
+    parser.add_argument("--json", action="store_true", help="Print the analysis as JSON instead of a table.")
+    parser.add_argument(
+        "--no-plots", action="store_true", help="Do not draw the PNG figures (no matplotlib)."
+    )
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.set_defaults(func=run)
+
+
+def default_out_dir(model: str) -> Path:
+    """analysis/<model-name>: the last part of a Hub id or path, without a .gguf suffix."""
+    name = Path(model.rstrip("/\\")).name
+    name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+    return Path("analysis") / name
+
+
+def run(args: argparse.Namespace) -> int:
+    """Analyse a model from parsed flags; print the table (or JSON) and write the files."""
+    from prune.analysis import AnalysisError, analysis_summary_lines, analyze
+    from prune.output import atomic_output_dir, check_output_dir
+
+    out = Path(args.out) if args.out else default_out_dir(args.model)
+    # Everything that can be checked cheaply fails before the model is loaded.
+    check_output_dir(out, force=args.force)
+    if not args.no_plots:
+        from prune.plots import require_matplotlib
+
+        require_matplotlib()
+    if not (args.beta > 0) or not (-1.0 <= args.eps <= 1.0):
+        raise AnalysisError(f"need --beta > 0 and -1 <= --eps <= 1, got {args.beta} and {args.eps}")
+
+    from prune.anatomy import get_anatomy
+    from prune.data import load_texts, make_batches
+    from prune.loading import load_model
+
+    loaded = load_model(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
+    anatomy = get_anatomy(loaded.model, args.block_path)
+    if loaded.tokenizer is None:
+        from prune.errors import DataError
+
+        raise DataError(
+            f"{args.model} has no tokenizer to encode the calibration text; save one next to the model"
+        )
+    texts = load_texts(args.calib, purpose="calib", text_column=args.text_column, seed=args.seed)
+    batches = make_batches(
+        loaded.tokenizer,
+        texts,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        num_samples=args.calib_samples,
+        packed=loaded.kind == "causal-lm",
+    )
+    meta = {
+        "model": args.model,
+        "model_class": type(loaded.model).__name__,
+        "kind": loaded.kind,
+        "block_path": anatomy.block_path,
+        "calib": args.calib,
+        "calib_samples": args.calib_samples,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
+    analysis = analyze(
+        loaded.model,
+        batches,
+        anatomy=anatomy,
+        beta=args.beta,
+        eps=args.eps,
+        token_mode=args.token_mode,
+        max_tokens=args.max_tokens,
+        progress=not args.quiet,
+        allow_last=args.allow_last,
+        meta=meta,
+    )
+    data = analysis.to_dict()
+    text = "\n".join([analysis.to_table(), "", *analysis_summary_lines(analysis)])
+
+    with atomic_output_dir(out, force=args.force) as folder:
+        folder = Path(folder)
+        (folder / "analysis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        (folder / "analysis.txt").write_text(text + "\n")
+        if not args.no_plots:
+            _write_plots(analysis, folder, args.model)
+
+    if args.json:
+        print(json.dumps(data, indent=2, allow_nan=False))
+    else:
+        print(f"{args.model}: {analysis.num_blocks} blocks, {analysis.num_tokens} tokens ({args.token_mode})")
+        print(text)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _write_plots(analysis, folder: Path, model: str) -> None:
+    from prune.plots import plot_block_scores, plot_cka_heatmap
+
+    if "cka" in analysis.scores:
+        # Row 0 is the embedding output h_0; row l + 1 is the output of block l.
+        labels = ["emb", *(str(b) for b in range(analysis.num_blocks))]
+        title = f"{model}: CKA of layer outputs"
+        if analysis.msrs is not None:
+            title += f" (MSRS {analysis.msrs:.2f}, normalised {analysis.msrs_normalised:.3f})"
+        plot_cka_heatmap(
+            analysis.scores["cka"],
+            folder / PLOTS[0],
+            title=title,
+            labels=labels,
+            axis_label="output of block (emb = embeddings)",
+        )
+    plot_block_scores(analysis.scores, folder / PLOTS[1], title=f"{model}: per-block scores")
