@@ -1,0 +1,194 @@
+"""Size and speed of any model: parameters, bytes on disk, latency, throughput and peak memory.
+
+Methods (also reported in the protocol of a comparison):
+- parameters: number of unique parameter elements (tied weights counted once).
+- size: bytes of the unique tensors of the state dict, i.e. what a safetensors checkpoint stores, not
+  counting its small JSON header; tied weights counted once.
+- latency: median wall time of one forward pass (no gradient, no KV cache) on a fixed batch of
+  ``batch_size`` x ``seq_len`` tokens, after ``warmup`` untimed passes, over ``repeats`` timed passes;
+  CUDA is synchronised around each timed pass. Throughput = batch_size * seq_len / median latency.
+- peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one forward (weights included) after
+  resetting the peak; on CPU, the largest rise of the process RSS above its value before the forward,
+  sampled every millisecond by a thread, after returning freed heap pages to the OS (glibc
+  ``malloc_trim``): activations and temporaries only, weights excluded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import inspect
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+
+from prune.errors import DataError
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameter elements, each shared (tied) tensor counted once.
+
+    Example:
+        >>> count_parameters(torch.nn.Linear(3, 2))
+        8
+    """
+    return sum(p.numel() for p in model.parameters())
+
+
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the unique tensors in the state dict (the payload of a safetensors checkpoint).
+
+    Tensors sharing storage (tied embeddings) are counted once.
+
+    Example:
+        >>> state_dict_bytes(torch.nn.Linear(3, 2))
+        32
+    """
+    seen: set[tuple[Any, int, int]] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def size_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """``parameters`` and ``size_mb`` (state-dict bytes / 2**20) of a model.
+
+    Example:
+        >>> size_metrics(torch.nn.Linear(3, 2))["parameters"]
+        8
+    """
+    return {"parameters": count_parameters(model), "size_mb": state_dict_bytes(model) / 2**20}
+
+
+def _dummy_inputs(model: torch.nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1000)
+    generator = torch.Generator().manual_seed(0)
+    # Ids from the upper half of the vocabulary avoid special tokens (pad/cls/eos sit at the low ids).
+    ids = torch.randint(vocab // 2, vocab, (batch_size, seq_len), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+class _RssSampler:
+    """Samples the process RSS every millisecond in a thread; `peak` is the largest value seen."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.001)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+@torch.no_grad()
+def speed_metrics(
+    model: torch.nn.Module,
+    *,
+    batch_size: int = 8,
+    seq_len: int = 256,
+    warmup: int = 2,
+    repeats: int = 5,
+    inputs: dict[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Latency (ms per batch, median), throughput (tokens/s) and peak memory (MB) of a forward pass.
+
+    Args:
+        model: Any model taking ``input_ids`` and ``attention_mask``.
+        batch_size: Rows per batch (ignored when `inputs` is given).
+        seq_len: Tokens per row (ignored when `inputs` is given).
+        warmup: Untimed passes first (allocator, kernels, caches).
+        repeats: Timed passes; the median is reported.
+        inputs: A fixed batch to time instead of random ids from the upper half of the vocabulary.
+
+    Example:
+        >>> speed_metrics(model, batch_size=4, seq_len=128)["latency_ms"] > 0  # doctest: +SKIP
+        True
+    """
+    if batch_size < 1 or seq_len < 1 or warmup < 0 or repeats < 1:
+        raise DataError("speed needs batch_size >= 1, seq_len >= 1, warmup >= 0 and repeats >= 1; fix them")
+    device = next(model.parameters()).device
+    batch = inputs if inputs is not None else _dummy_inputs(model, batch_size, seq_len)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    tokens = int(batch["input_ids"].numel())
+    cuda = device.type == "cuda"
+
+    def forward() -> None:
+        model(**batch, use_cache=False) if _accepts_use_cache(model) else model(**batch)
+
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(warmup):
+            forward()
+        times = []
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            forward()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        peak_mb = _peak_memory_mb(forward, device)
+    finally:
+        model.train(was_training)
+    latency = statistics.median(times)
+    return {"latency_ms": latency * 1e3, "tokens_per_s": tokens / latency, "peak_memory_mb": peak_mb}
+
+
+def _accepts_use_cache(model: torch.nn.Module) -> bool:
+    # Decoders would otherwise build a KV cache that the timing does not need.
+    params = inspect.signature(model.forward).parameters
+    return "use_cache" in params
+
+
+def _peak_memory_mb(forward: Any, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        forward()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    gc.collect()
+    _release_free_heap()
+    with _RssSampler() as sampler:
+        before = sampler.peak
+        forward()
+    return max(0, sampler.peak - before) / 2**20
+
+
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc), so the RSS rise of the next forward is its own.
+
+    Without this, memory freed by the warm-up passes stays in the process and is silently reused, and the
+    measured rise would be near zero.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    # Not glibc (musl, ...): nothing to trim, and the measurement is merely less precise.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
