@@ -1,0 +1,351 @@
+"""Streaming collection of layer statistics with forward hooks.
+
+One forward pass per batch: a pre-hook on block 0 captures its input (h_0) and a hook on each block
+its output (h_{l+1}); the hook on the last block then stops the forward pass, since nothing after it
+(final norm, LM head, loss) is needed. The hidden states of one batch are reduced to running sums and
+dropped before the next batch, so memory does not grow with the number of tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
+from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
+from prune.errors import AnatomyError
+from prune.metrics import METRICS, SUMS, Samples, sums_for
+from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
+
+TokenMode = Literal["tokens", "mean", "last"]
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the last block: the rest of the forward pass is not needed."""
+
+
+class _HiddenStateCapture:
+    """Hooks that record h_0 (input of block 0) and h_{l+1} (output of block l) for one forward pass."""
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        self.num_blocks = len(blocks)
+        self.states: list[Tensor | None] = [None] * (self.num_blocks + 1)
+        self._handles = [blocks[0].register_forward_pre_hook(self._on_input, with_kwargs=True)]
+        for index, block in enumerate(blocks):
+            self._handles.append(block.register_forward_hook(self._make_output_hook(index)))
+
+    def _store(self, position: int, value: Tensor) -> None:
+        if self.states[position] is not None:
+            raise AnatomyError(
+                f"hidden state {position} was produced twice in one forward pass (blocks reused?); "
+                "pass block_path naming a list of distinct blocks"
+            )
+        self.states[position] = value.detach()
+
+    def _on_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if args and isinstance(args[0], Tensor):
+            hidden = args[0]
+        elif isinstance(kwargs.get("hidden_states"), Tensor):
+            hidden = kwargs["hidden_states"]
+        else:
+            raise AnatomyError(
+                "block 0 was called without a hidden-states tensor (first argument or hidden_states=); "
+                "pass block_path naming the list of transformer blocks"
+            )
+        self._store(0, hidden)
+
+    def _make_output_hook(self, index: int):
+        last = index == self.num_blocks - 1
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            hidden = output if isinstance(output, Tensor) else output[0]
+            self._store(index + 1, hidden)
+            if last:
+                raise _StopForward
+
+        return hook
+
+    def run(self, model: nn.Module, batch: Any, extra: dict[str, Any]) -> list[Tensor]:
+        """Run `model` on `batch` and return the L+1 hidden states it produced."""
+        self.states = [None] * (self.num_blocks + 1)
+        try:
+            if isinstance(batch, dict):
+                model(**batch, **extra)
+            else:
+                model(batch, **extra)
+        except _StopForward:
+            pass
+        missing = [i for i, s in enumerate(self.states) if s is None]
+        if missing:
+            raise AnatomyError(
+                f"the forward pass did not produce hidden states {missing} (of {self.num_blocks + 1}); "
+                "pass block_path naming the blocks the model actually runs"
+            )
+        states, self.states = self.states, [None] * (self.num_blocks + 1)
+        return states  # type: ignore[return-value]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where inputs go: the input embeddings' device (first device of a dispatched model)."""
+    getter = getattr(model, "get_input_embeddings", None)
+    with contextlib.suppress(Exception):
+        embeddings = getter() if getter is not None else None
+        weight = getattr(embeddings, "weight", None)
+        if weight is not None and weight.device.type != "meta":
+            return weight.device
+    for param in model.parameters():
+        # Offloaded weights sit on "meta"; accelerate's hooks move CPU inputs where they are needed.
+        return param.device if param.device.type != "meta" else torch.device("cpu")
+    return torch.device("cpu")
+
+
+def _fingerprint(model: nn.Module, num_blocks: int) -> str:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", "") if config is not None else ""
+    params = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}|{name}|{params}|{num_blocks}"
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    with contextlib.suppress(TypeError, ValueError):
+        return name in inspect.signature(model.forward).parameters
+    return False
+
+
+def _validate(
+    metrics: Sequence[str], token_mode: str, max_tokens: int | None, group_size: int
+) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = tuple(dict.fromkeys(metrics))
+    if not names:
+        raise CollectError(f"no metrics requested; pass some of: {', '.join(METRICS.names())}")
+    for name in names:
+        if name not in METRICS:
+            raise CollectError(f"unknown metric {name!r}; choose from: {', '.join(METRICS.names())}")
+    if token_mode not in TOKEN_MODES:
+        raise CollectError(f"unknown token_mode {token_mode!r}; choose from: {', '.join(TOKEN_MODES)}")
+    if max_tokens is not None and max_tokens < 1:
+        raise CollectError(
+            f"max_tokens must be a positive number of tokens, got {max_tokens}; pass e.g. 100000"
+        )
+    if group_size < MIN_GROUP:
+        raise CollectError(
+            f"group_size must be at least {MIN_GROUP} sequences, got {group_size}; pass e.g. 64"
+        )
+    return names
+
+
+def collect_stats(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    anatomy: Any = None,
+    metrics: Sequence[str] = ("bi", "angular"),
+    accelerator: Any = None,
+    max_tokens: int | None = None,
+    token_mode: TokenMode = "tokens",
+    state_path: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    group_size: int = 64,
+    save_every: int = 50,
+) -> LayerStats:
+    """Run calibration batches through `model` and accumulate the running sums the metrics need.
+
+    Batches run under ``torch.no_grad()`` with ``use_cache=False`` where the model accepts it. Padding
+    is excluded through ``batch["attention_mask"]`` (absent: every token counts). Sums are float64; the
+    per-batch work (cosines, Gram matrices) is float32 on the device of h_0.
+
+    Data parallel: with an ``accelerate.Accelerator`` of N processes, give each process its own shard of
+    the batches (e.g. ``batches[accelerator.process_index::accelerator.num_processes]``); the sums are
+    summed over processes at the end, so every process returns the same totals. In "tokens" mode these
+    equal a one-process run on all the batches. In "mean"/"last" mode CKA minibatches are G =
+    `group_size` consecutive sequences of each process's own stream (buffered across batches, the last
+    incomplete group used when it has >= 4 sequences), so they match a one-process run only when each
+    shard is a run of consecutive sequences whose length is a multiple of G.
+
+    Args:
+        model: A transformers model or any nn.Module; dict batches run as ``model(**batch)``, tensor
+            batches as ``model(batch)``.
+        batches: Iterable of dicts of tensors (``input_ids``, ``attention_mask``, ...) or tensors.
+        anatomy: Where the blocks are (``prune.anatomy.Anatomy``); found with ``get_anatomy`` if None.
+        metrics: Names from :data:`prune.metrics.METRICS`.
+        accelerator: Optional ``accelerate.Accelerator`` for device, mixed precision and processes;
+            None uses the model's own device (the first device of a ``device_map`` model).
+        max_tokens: Token budget: exactly this many valid tokens are used (the batch that crosses it
+            contributes only its first tokens, in reading order); with N processes each process takes
+            its share, max_tokens // N (the first max_tokens % N processes one more).
+        token_mode: "tokens" (every valid token is a sample; each sequence is one CKA minibatch, those
+            under 4 valid tokens skipped for CKA), "mean" or "last" (one pooled vector per sequence).
+        state_path: Resumable collection: the partial sums and the number of batches consumed are
+            saved there every `save_every` batches, on an error, and at the end; a rerun with the same
+            path and the same batches skips the consumed batches and continues.
+        progress: Show a progress bar (main process only).
+        group_size: G, sequences per CKA minibatch in "mean"/"last" mode.
+        save_every: Batches between two saves of `state_path`.
+
+    Returns:
+        The reduced statistics; ``.scores()`` gives each metric's result.
+
+    Example:
+        >>> stats = collect_stats(model, batches, metrics=["bi", "angular", "cka"])  # doctest: +SKIP
+        >>> stats.scores()["bi"]  # doctest: +SKIP
+    """
+    names = _validate(metrics, token_mode, max_tokens, group_size)
+    if anatomy is None:
+        from prune.anatomy import get_anatomy
+
+        anatomy = get_anatomy(model)
+    blocks = anatomy.blocks(model)
+    num_blocks = len(blocks)
+    if num_blocks < 1:
+        raise AnatomyError("the block list is empty; pass block_path naming the list of transformer blocks")
+    sum_names = sums_for(names)
+    totals = {name: SUMS.get(name).zeros(num_blocks + 1) for name in sum_names}
+
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    device = accelerator.device if accelerator is not None else _input_device(model)
+    budget = None if max_tokens is None else max_tokens // world + (1 if rank < max_tokens % world else 0)
+    fingerprint = {
+        "model": _fingerprint(model, num_blocks),
+        "num_blocks": num_blocks,
+        "metrics": sorted(names),
+        "token_mode": token_mode,
+        "group_size": group_size if token_mode != "tokens" else None,
+        "max_tokens": max_tokens,
+        "num_processes": world,
+    }
+    state_file = None
+    if state_path is not None:
+        state_file = f"{os.fspath(state_path)}.rank{rank}" if world > 1 else os.fspath(state_path)
+    consumed, buffer = 0, None
+    if state_file is not None and os.path.exists(state_file):
+        consumed, buffer = _resume(state_file, fingerprint, totals)
+
+    def save_state() -> None:
+        if state_file is not None:
+            atomic_torch_save(
+                {
+                    "format_version": 1,
+                    "fingerprint": fingerprint,
+                    "batches": consumed,
+                    "sums": totals,
+                    "buffer": None if buffer is None else buffer.cpu(),
+                },
+                state_file,
+            )
+
+    extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    capture = _HiddenStateCapture(blocks)
+    bar = _progress_bar(batches, progress and (accelerator is None or accelerator.is_main_process), consumed)
+    consistent = True
+    try:
+        # no_grad, not inference_mode: pooled-mode buffers made here outlive the call (state file, later
+        # batches) and inference tensors refuse in-place updates outside inference mode.
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                if index < consumed:
+                    continue
+                remaining = None if budget is None else budget - int(totals["tokens"])
+                if remaining is not None and remaining <= 0:
+                    break
+                check_batch(batch, index)
+                if remaining is not None:
+                    batch = rows_within_budget(batch, remaining)
+                batch = to_device(batch, device)
+                with autocast():
+                    states = capture.run(model, batch, extra)
+                stats_device = states[0].device
+                states = [h.to(stats_device) for h in states]
+                mask = valid_mask(batch, states[0], remaining)
+                samples = Samples(states, mask, token_mode)
+                del states  # `samples` releases them once stacked
+                if token_mode != "tokens" and any(name in totals for name in GROUP_SUMS):
+                    buffer, samples.pooled_groups = _fill_groups(buffer, samples.vectors, group_size)
+                consistent = False
+                for name in sum_names:
+                    SUMS.get(name).update(totals[name], samples)
+                consumed, consistent = index + 1, True
+                del samples
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(tokens=int(totals["tokens"]), refresh=False)
+                if state_file is not None and consumed % save_every == 0:
+                    save_state()
+    except BaseException:
+        if consistent:
+            save_state()
+        raise
+    finally:
+        capture.remove()
+        if bar is not None:
+            bar.close()
+    save_state()
+    result = {name: total.clone() for name, total in totals.items()}
+    if buffer is not None and buffer.shape[1] >= MIN_GROUP:
+        # The last incomplete group still is a valid minibatch; the state file keeps it pending.
+        flush = Samples([], torch.zeros(0, 0, dtype=torch.bool), token_mode, [buffer])
+        for name in sum_names:
+            if name in GROUP_SUMS:
+                SUMS.get(name).update(result[name], flush)
+    if world > 1:
+        result = {
+            name: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+            for name, t in result.items()
+        }
+    info = {
+        "model": fingerprint["model"],
+        "num_processes": world,
+        "batches": consumed,
+        "max_tokens": max_tokens,
+        "group_size": group_size,
+    }
+    return LayerStats(num_blocks=num_blocks, metrics=names, sums=result, token_mode=token_mode, info=info)
+
+
+def _fill_groups(
+    buffer: Tensor | None, vectors: Tensor, group_size: int
+) -> tuple[Tensor | None, list[Tensor]]:
+    """Append pooled vectors [S, n, d] to the pending ones and cut off complete groups of G."""
+    pending = vectors if buffer is None else torch.cat([buffer.to(vectors.device), vectors], dim=1)
+    full = pending.shape[1] // group_size
+    groups = [pending[:, i * group_size : (i + 1) * group_size] for i in range(full)]
+    rest = pending[:, full * group_size :].clone()
+    return (rest if rest.shape[1] else None), groups
+
+
+def _resume(
+    state_file: str, fingerprint: dict[str, Any], totals: dict[str, Tensor]
+) -> tuple[int, Tensor | None]:
+    state = read_state(state_file)
+    saved = state.get("fingerprint", {})
+    for key, value in fingerprint.items():
+        if saved.get(key) != value:
+            raise CollectError(
+                f"state file {state_file} was saved with {key}={saved.get(key)!r}, this run has {value!r}; "
+                "delete the state file to start over"
+            )
+    for name in totals:
+        totals[name] = state["sums"][name].double()
+    return int(state["batches"]), state.get("buffer")
+
+
+def _progress_bar(batches: Iterable[Any], enabled: bool, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    return tqdm(total=total, initial=initial, desc="collecting layer statistics", unit="batch")

@@ -1,0 +1,40 @@
+"""One process of tests/test_distributed.py, started by torch.distributed.run (2 processes, gloo on CPU).
+
+Each process collects statistics on its own shard of the same batches and saves what it got back
+(the totals reduced over processes) to OUT_DIR/rank<r>_<mode>.pt.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator
+from test_distributed import MEAN_GROUP, mean_mode_batches, shard_for, tokens_mode_batches
+from test_metrics import ALL, tiny_llama
+
+from prune.collect import collect_stats
+
+
+def main(out_dir: str) -> None:
+    accelerator = Accelerator(cpu=True)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    assert world == 2, f"expected 2 processes, got {world}"
+    model = tiny_llama()
+    for mode, batches in [("tokens", tokens_mode_batches()), ("mean", mean_mode_batches())]:
+        shard = shard_for(batches, rank, world, mode)
+        stats = collect_stats(
+            model,
+            shard,
+            metrics=ALL,
+            accelerator=accelerator,
+            token_mode=mode,
+            group_size=MEAN_GROUP,
+            progress=False,
+        )
+        stats.save(Path(out_dir) / f"rank{rank}_{mode}.pt")
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
