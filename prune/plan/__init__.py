@@ -1,0 +1,37 @@
+"""Planning: which blocks to remove for a target, and why.
+
+`plan_pruning` turns the collector's scores and a target ("8-layers", "drop-4", "25%") into a `Plan`
+with a strategy from `STRATEGIES` (span, topk, cka, iterative, last, random); `required_metrics` says
+which scores a strategy needs collected. The ``iterative`` strategy also evaluates the model on
+calibration data, given as a `SearchContext`.
+
+Example:
+    >>> from prune.plan import parse_target, required_metrics
+    >>> parse_target("8-layers", 12), required_metrics("span")
+    (4, ('angular',))
+"""
+
+from __future__ import annotations
+
+# Each strategy registers itself when its module is imported.
+from prune.plan import search as _search
+from prune.plan import strategies as _strategies
+from prune.plan.base import STRATEGIES, Plan, PlanError, Selection, Strategy
+from prune.plan.planner import get_strategy, plan_pruning, required_metrics
+from prune.plan.search import SearchContext
+from prune.plan.targets import parse_target
+
+del _search, _strategies
+
+__all__ = [
+    "STRATEGIES",
+    "Plan",
+    "PlanError",
+    "SearchContext",
+    "Selection",
+    "Strategy",
+    "get_strategy",
+    "parse_target",
+    "plan_pruning",
+    "required_metrics",
+]
