@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 ModelKind = Literal["causal-lm", "encoder", "other"]
 logger = logging.getLogger(__name__)
 
+# accelerate's placements for a model spread over several devices (`device_map=`).
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 _ALIASES_FILE = Path(__file__).with_name("aliases.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -351,6 +353,8 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer, in eval mode, on `device`, in `dtype`.
 
@@ -359,6 +363,10 @@ def load_model(
         device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
         dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16" or a torch dtype.
         trust_remote_code: allow custom modelling code from the checkpoint.
+        device_map: spread a model too big for one device over all of them ("auto", "balanced",
+            "sequential"; needs accelerate and a GPU); overrides `device`. The collector moves the hidden
+            states to one device for its sums, so statistics work the same.
+        progress: show transformers' weight-loading progress bar.
 
     Raises:
         ModelNotFoundError: the model cannot be resolved or loaded (with the fix in the message).
@@ -376,10 +384,18 @@ def load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
-    # Big models go straight to the accelerator instead of through CPU memory first.
-    device_map = None if dev.type == "cpu" else str(dev)
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise PruneError(
+            f"unknown device map {device_map!r}; choose one of: {', '.join(DEVICE_MAPS)} (or leave it unset)"
+        )
+    if device_map is None:
+        # Big models go straight to the accelerator instead of through CPU memory first.
+        device_map = None if dev.type == "cpu" else str(dev)
     load_kwargs = {"dtype": torch_dtype, "device_map": device_map, **kwargs}
     model = None
+    bar_was_on = transformers.utils.logging.is_progress_bar_enabled()
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
     try:
         if source.gguf_file:
             # Almost every GGUF checkpoint is a decoder LM; trying that first skips one full parse of the
@@ -406,6 +422,9 @@ def load_model(
                 model = transformers.AutoModel.from_pretrained(source.location, config=config, **load_kwargs)
     except (OSError, ValueError, KeyError, ImportError, struct.error) as exc:  # struct: truncated GGUF
         raise _load_error(source, exc) from exc
+    finally:
+        if bar_was_on:
+            transformers.utils.logging.enable_progress_bar()
     if source.gguf_file:
         clear_gguf_state(model)
     if device_map is None:

@@ -36,12 +36,14 @@ class PruneOptions(BaseModel):
     strategy: str = Field(
         default="span",
         description="How blocks are chosen: span (contiguous blocks with the smallest angular distance), "
-        "topk (independent blocks with the lowest score), cka (RedTest: lowest CKA(input, output) is "
-        "dropped), iterative (greedy removal scored on calibration loss), last, random.",
+        "topk (independent blocks with the lowest score), cka (RedTest: the blocks whose output is most "
+        "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
+        "last, random.",
     )
     metric: str | None = Field(
         default=None,
-        description="Per-block score that topk and iterative rank by (bi, cka); default: the strategy's own.",
+        description="Score the strategy ranks by: bi, angular or cka for topk and iterative; angular or cka "
+        "for span's distance; default: the strategy's own.",
     )
     allow_last: bool = Field(
         default=False, description="Allow removing the last block (it is usually the most important)."
@@ -58,17 +60,25 @@ class PruneOptions(BaseModel):
         default=None, ge=1, description="Stop collecting statistics after this many (non-padding) tokens."
     )
     text_column: str | None = Field(
-        default=None, description="Column holding the text in the data (default: 'text' or the only string column)."
+        default=None,
+        description="Column holding the text in the data (default: 'text' or the only string column).",
     )
     eval: str = Field(
         default="default",
         description="Held-out data for before/after evaluation (same forms as --calib), or 'none' to skip.",
     )
     eval_samples: int = Field(default=64, ge=1, description="Number of held-out sequences to evaluate on.")
+    eval_probe: bool = Field(
+        default=False,
+        description="Encoders: also train a logistic-regression probe on labelled sentences (Pang & Lee offline, "
+        "SST-2 online) on each model's embeddings and report accuracy before/after (minutes on CPU).",
+    )
     block_path: str | None = Field(
         default=None, description="Dotted path of the block list (e.g. 'model.layers') for custom models."
     )
-    out: str | None = Field(default=None, description="Folder to save the pruned model, tokenizer and report in.")
+    out: str | None = Field(
+        default=None, description="Folder to save the pruned model, tokenizer and report in."
+    )
     force: bool = Field(default=False, description="Overwrite --out if it exists.")
     push_to_hub: str | None = Field(
         default=None, description="Push the pruned model with a generated model card to this Hub repo."
@@ -76,6 +86,11 @@ class PruneOptions(BaseModel):
     private: bool = Field(default=False, description="Create the Hub repo as private.")
     revision: str | None = Field(default=None, description="Branch of the Hub repo to push to.")
     device: str = Field(default="auto", description="Device: auto, cpu, cuda, cuda:N, mps.")
+    device_map: Literal["auto", "balanced", "sequential"] | None = Field(
+        default=None,
+        description="Spread a model too big for one GPU over all GPUs (accelerate's device_map); "
+        "overrides --device.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Dtype of the forward passes (statistics are always summed in float64)."
     )

@@ -114,11 +114,22 @@ def run_pruning(
 
     # Everything that can be checked before the expensive work is checked first, so a bad flag
     # never costs a model load or a calibration pass.
-    if options.out:
-        check_output_dir(options.out, force=options.force)
+    out = options.out
+    if options.push_to_hub and not out:
+        # a push always leaves a local copy, so that nothing is lost when the upload fails
+        out = options.push_to_hub.rstrip("/").split("/")[-1]
+    if out:
+        check_output_dir(out, force=options.force)
+    if options.push_to_hub:
+        _check_hub_token()
     if model is None:
         loaded = load_model(
-            options.model, device=options.device, dtype=options.dtype, trust_remote_code=options.trust_remote_code
+            options.model,
+            device=options.device,
+            dtype=options.dtype,
+            trust_remote_code=options.trust_remote_code,
+            device_map=options.device_map,
+            progress=progress,
         )
     else:
         loaded = _wrap_model(model, tokenizer, options.model)
@@ -132,7 +143,9 @@ def run_pruning(
         )
 
     packed = loaded.kind == "causal-lm"
-    calib_texts = load_texts(options.calib, purpose="calib", text_column=options.text_column, seed=options.seed)
+    calib_texts = load_texts(
+        options.calib, purpose="calib", text_column=options.text_column, seed=options.seed
+    )
     calib_batches = make_batches(
         tokenizer,
         calib_texts,
@@ -175,12 +188,16 @@ def run_pruning(
     if options.eval != "none":
         comparison, eval_info = _compare(options, original, pruned, tokenizer, loaded.kind)
 
-    report = _build_report(options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command)
-    result = PruneResult(model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison)
-    if options.out:
-        result.out_dir = save_pruned(result, options.out, force=options.force)
+    report = _build_report(
+        options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
+    )
+    result = PruneResult(
+        model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison
+    )
+    if out:
+        result.out_dir = save_pruned(result, out, force=options.force)
     if options.push_to_hub:
-        result.hub_url = _push(result, options)
+        result.hub_url = _push(result, options, loaded.source)
     return result
 
 
@@ -205,11 +222,19 @@ def _compare(options: PruneOptions, original, pruned, tokenizer, kind):
         seq_len=options.seq_len,
         batch_size=options.batch_size,
         num_samples=options.eval_samples,
+        probe=options.eval_probe and kind == "encoder",
+        seed=options.seed,
     )
-    return comparison, {"eval": options.eval, "eval_texts": len(eval_texts), "eval_samples": options.eval_samples}
+    return comparison, {
+        "eval": options.eval,
+        "eval_texts": len(eval_texts),
+        "eval_samples": options.eval_samples,
+    }
 
 
-def _build_report(options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command):
+def _build_report(
+    options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
+):
     from prune.report import build_report
 
     per_block = {name: value for name, value in scores.items() if value.dim() == 1}
@@ -275,18 +300,33 @@ def _write_plots(result: PruneResult, folder: Path) -> None:
         logger.warning("plots skipped: %s", err)
 
 
-def _push(result: PruneResult, options: PruneOptions) -> str:
-    from prune.card import build_model_card
+def _check_hub_token() -> None:
+    """Fail before any work when a push is asked for but no token is there to make it."""
+    import huggingface_hub
+
+    from prune.errors import HubError
+
+    if not huggingface_hub.get_token():
+        raise HubError(
+            "--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (nothing was done)"
+        )
+
+
+def _push(result: PruneResult, options: PruneOptions, source) -> str:
+    from prune.card import build_model_card, read_license
     from prune.hub import push_to_hub
 
     folder = result.out_dir
     if folder is None:
         raise ValueError("push_to_hub needs the model saved first: set out")
+    license_id = read_license(source.location) or (read_license(source.hub_id) if source.hub_id else None)
     card = build_model_card(
         result.report,
-        base_model=result.report["model"].get("hub_id"),
-        license=None,
+        base_model=source.hub_id,
+        license=license_id,
         command=result.report.get("command") or "",
         repo_id=options.push_to_hub,
     )
-    return push_to_hub(folder, options.push_to_hub, private=options.private, revision=options.revision, card=card)
+    return push_to_hub(
+        folder, options.push_to_hub, private=options.private, revision=options.revision, card=card
+    )

@@ -346,6 +346,39 @@ def test_cli_analyze_minilm(tmp_path, capsys):
     assert printed_data["meta"]["token_mode"] == "mean"
 
 
+def test_cli_analyze_resumes_from_its_state_file(tmp_path, capsys, monkeypatch):
+    """An analysis interrupted half way resumes from --state and ends with the uninterrupted numbers."""
+    import prune.collect.collector as collector
+
+    argv = ["minilm-l6", "--calib-samples", "16", "--seq-len", "32", "--batch-size", "4"]
+    argv += ["--device", "cpu", "--quiet", "--no-plots", "--json"]
+    status, printed = _run_cli([*argv, "--out", str(tmp_path / "whole")], capsys)
+    assert status == 0
+    whole = json.loads(printed)
+
+    state = tmp_path / "sums.pt"
+    real_run = collector._HiddenStateCapture.run
+    calls = {"n": 0}
+
+    def dies_at_third_batch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a user's Ctrl-C would
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(collector._HiddenStateCapture, "run", dies_at_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run_cli([*argv, "--out", str(tmp_path / "resumed"), "--state", str(state)], capsys)
+    assert state.exists() and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(collector._HiddenStateCapture, "run", real_run)
+    status, printed = _run_cli([*argv, "--out", str(tmp_path / "resumed"), "--state", str(state)], capsys)
+    assert status == 0
+    resumed = json.loads(printed)
+    assert resumed["num_tokens"] == whole["num_tokens"]
+    for name in ("bi", "cka", "angular"):
+        torch.testing.assert_close(torch.tensor(resumed["scores"][name]), torch.tensor(whole["scores"][name]))
+
+
 def test_cli_analyze_fails_fast_on_bad_input(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.mkdir()

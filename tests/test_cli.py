@@ -66,7 +66,9 @@ def test_minilm_end_to_end_through_cli(tmp_path, capsys):
     from transformers import AutoModel, AutoTokenizer
 
     out = tmp_path / "minilm-4"
-    code, stdout, stderr = run_cli(capsys, str(minilm_folder()), "--target", "4-layers", "--out", str(out), *FAST)
+    code, stdout, stderr = run_cli(
+        capsys, str(minilm_folder()), "--target", "4-layers", "--out", str(out), *FAST
+    )
     assert code == 0, stderr
     assert "6 -> 4 blocks" in stdout
 
@@ -91,7 +93,9 @@ def test_smollm2_gguf_end_to_end_through_cli(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "smollm2-24"
-    code, stdout, stderr = run_cli(capsys, str(smollm_gguf()), "--target", "24-layers", "--out", str(out), *FAST)
+    code, stdout, stderr = run_cli(
+        capsys, str(smollm_gguf()), "--target", "24-layers", "--out", str(out), *FAST
+    )
     assert code == 0, stderr
     assert "30 -> 24 blocks" in stdout
 
@@ -116,7 +120,13 @@ def test_smollm2_gguf_end_to_end_through_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("target", "expected"),
-    [("6-layers", "6"), ("0-layers", "at least 1"), ("drop-6", "6"), ("eight", "N-layers"), ("150%", "%")],
+    [
+        ("6-layers", "6"),
+        ("0-layers", "keeps no block"),
+        ("drop-6", "6"),
+        ("eight", "N-layers"),
+        ("150%", "%"),
+    ],
 )
 def test_bad_targets_fail_before_anything_is_written(tmp_path, capsys, target, expected):
     out = tmp_path / "never"

@@ -30,7 +30,9 @@ def minilm():
 def test_run_pruning_on_a_model_the_user_holds(minilm, tmp_path):
     model, tokenizer = minilm
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    options = PruneOptions(model="my-minilm", target="drop-2", strategy="topk", out=str(tmp_path / "out"), **FAST)
+    options = PruneOptions(
+        model="my-minilm", target="drop-2", strategy="topk", out=str(tmp_path / "out"), **FAST
+    )
     result = prune.run_pruning(options, model=model, tokenizer=tokenizer, progress=False)
 
     # the original is untouched (invariant 5), the result is a new, smaller model
@@ -77,7 +79,9 @@ def test_step_by_step_api_on_a_custom_module():
     model = CustomNet().eval()
     anatomy = prune.get_anatomy(model, block_path="trunk.stages")
     assert anatomy.num_blocks == 6
-    batches = [{"input_ids": torch.randint(0, 50, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}]
+    batches = [
+        {"input_ids": torch.randint(0, 50, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    ]
     stats = prune.collect_stats(model, batches, anatomy=anatomy, metrics=("bi", "angular"), progress=False)
     plan = prune.plan_pruning(stats.scores(), anatomy.num_blocks, "4-layers", "span")
     pruned = prune.remove_blocks(model, plan.drop, anatomy=anatomy)

@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run MODEL over calibration data and report how redundant its blocks are: block "
         "influence, CKA(input, output) and angular distance per block, the layer-by-layer CKA matrix and "
         "its MSRS (RedTest), and the best span of n blocks to cut. Writes analysis.json, analysis.txt, "
-        "cka_heatmap.png and block_scores.png into --out.",
+        "cka_heatmap.png and block_scores.png into --out. Data parallel: `accelerate launch "
+        "--num_processes N -m prune.cli analyze MODEL ...` gives each process its share of the batches "
+        "and reduces the sums.",
     )
     fields = PruneOptions.model_fields
 
@@ -54,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     option("--text-column", "text_column", metavar="NAME")
     option("--block-path", "block_path", metavar="PATH")
     option("--device", "device")
+    option("--device-map", "device_map", choices=["auto", "balanced", "sequential"])
     option("--dtype", "dtype", choices=["auto", "float32", "bfloat16", "float16"])
     option("--seed", "seed", type=int, help="Seed for data shuffling.")
     option(
@@ -68,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["tokens", "mean", "last"],
         default="tokens",
         help="Compare hidden states of every token (default), their mean over each sequence, or the last token.",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        help="Save the running sums to FILE as they grow; a rerun with the same FILE and data resumes "
+        "where an interrupted run stopped.",
     )
     parser.add_argument("--beta", type=float, default=100.0, help="MSRS sharpness beta (RedTest: 100).")
     parser.add_argument("--eps", type=float, default=0.8, help="MSRS CKA threshold eps (RedTest: 0.8).")
@@ -110,8 +119,15 @@ def run(args: argparse.Namespace) -> int:
     from prune.data import load_texts, make_batches
     from prune.loading import load_model
 
+    accelerator = _distributed_accelerator(args.device)
+    device = str(accelerator.device) if accelerator is not None else args.device
     loaded = load_model(
-        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        device_map=args.device_map,
+        progress=not args.quiet,
     )
     anatomy = get_anatomy(loaded.model, args.block_path)
     if loaded.tokenizer is None:
@@ -141,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
         "max_tokens": args.max_tokens,
         "seed": args.seed,
     }
+    if accelerator is not None:
+        # Each process takes every N-th batch; the sums are reduced over processes by the collector.
+        meta["num_processes"] = accelerator.num_processes
+        batches = batches[accelerator.process_index :: accelerator.num_processes]
     analysis = analyze(
         loaded.model,
         batches,
@@ -149,10 +169,14 @@ def run(args: argparse.Namespace) -> int:
         eps=args.eps,
         token_mode=args.token_mode,
         max_tokens=args.max_tokens,
+        accelerator=accelerator,
+        state_path=args.state,
         progress=not args.quiet,
         allow_last=args.allow_last,
         meta=meta,
     )
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0  # every process holds the same totals; one writes them
     data = analysis.to_dict()
     text = "\n".join([analysis.to_table(), "", *analysis_summary_lines(analysis)])
 
@@ -170,6 +194,17 @@ def run(args: argparse.Namespace) -> int:
         print(text)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _distributed_accelerator(device: str):
+    """An `accelerate.Accelerator` when started by `accelerate launch` / torchrun with N > 1 processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu")
 
 
 def _write_plots(analysis, folder: Path, model: str) -> None:

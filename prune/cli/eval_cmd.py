@@ -70,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="Print the results as JSON instead of a table.")
     parser.add_argument("--no-speed", action="store_true", help="Skip latency, throughput and memory.")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.add_argument(
         "--repeats",
         type=_positive_int,
@@ -185,7 +186,12 @@ def run(args: argparse.Namespace) -> int:
         from prune.evaluation.lm_eval_bridge import require_lm_eval
 
         require_lm_eval()
-    load = {"device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
+    load = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+        "progress": not args.quiet,
+    }
     loaded = load_model(args.model, **load)
     reference = load_model(args.reference, **load) if args.reference else None
     if reference is not None and reference.kind != loaded.kind:

