@@ -50,7 +50,7 @@ def main() -> None:
     from prune.anatomy import get_anatomy
     from prune.collect import collect_stats
     from prune.data import load_texts, make_batches
-    from prune.evaluation import compare_models
+    from prune.evaluation import EvalSettings, compare_models, evaluate_model
     from prune.loading import load_model
     from prune.plan import STRATEGIES, plan_pruning
     from prune.plan.search import SearchContext
@@ -73,6 +73,18 @@ def main() -> None:
     stats = collect_stats(model, calib, anatomy=anatomy, metrics=("bi", "angular", "cka", "cka_io"))
     collect_s = time.perf_counter() - start
     scores = stats.scores()
+
+    probe_settings = None
+    if args.probe and kind == "encoder":
+        probe_settings = EvalSettings(
+            probe=True,
+            speed=False,
+            num_samples=1,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+        probe_before = evaluate_model(model, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
 
     rows = []
     for entry in args.strategies.split(","):
@@ -101,10 +113,17 @@ def main() -> None:
             seq_len=args.seq_len,
             batch_size=args.batch_size,
             num_samples=args.eval_samples,
-            probe=args.probe and kind == "encoder",
             seed=args.seed,
         )
-        rows.append({"strategy": entry, "drop": list(plan.drop), "plan_s": plan_s, **comparison.to_dict()})
+        if probe_settings is not None:
+            # The original's probe accuracy is measured once (below), not again for every strategy.
+            comparison.after.update(
+                evaluate_model(pruned, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
+            )
+        row = {"strategy": entry, "drop": list(plan.drop), "plan_s": plan_s, **comparison.to_dict()}
+        if probe_settings is not None:
+            row["before"].update(probe_before)
+        rows.append(row)
         del pruned
 
     if args.json:

@@ -19,8 +19,9 @@ from prune.options import PruneOptions
 
 logger = logging.getLogger(__name__)
 
-# Scores that every report carries, whatever the strategy needs: they are cheap and tell the story.
-REPORT_METRICS = ("bi", "angular")
+# Scores that every report carries, whatever the strategy needs: one pass collects them all for a few
+# percent over the forward pass (benchmarks/README.md), and they tell the story (MSRS comes from cka).
+REPORT_METRICS = ("bi", "angular", "cka", "cka_io")
 
 
 @dataclass

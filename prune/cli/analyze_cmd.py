@@ -8,19 +8,10 @@ import re
 import sys
 from pathlib import Path
 
+from prune.cli.flags import positive_int
 from prune.options import PruneOptions
 
 PLOTS = ("cka_heatmap.png", "block_scores.png")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model", help="Model to analyse: " + fields["model"].description.split(":", 1)[1].strip()
     )
     option("--calib", "calib", metavar="DATA")
-    option("--calib-samples", "calib_samples", type=_positive_int, metavar="N")
-    option("--seq-len", "seq_len", type=_positive_int, metavar="N")
-    option("--batch-size", "batch_size", type=_positive_int, metavar="N")
-    option("--max-tokens", "max_tokens", type=_positive_int, metavar="N")
+    option("--calib-samples", "calib_samples", type=positive_int, metavar="N")
+    option("--seq-len", "seq_len", type=positive_int, metavar="N")
+    option("--batch-size", "batch_size", type=positive_int, metavar="N")
+    option("--max-tokens", "max_tokens", type=positive_int, metavar="N")
     option("--text-column", "text_column", metavar="NAME")
     option("--block-path", "block_path", metavar="PATH")
     option("--device", "device")

@@ -12,17 +12,8 @@ import json
 import math
 from typing import Any
 
+from prune.cli.flags import positive_int
 from prune.options import PruneOptions
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,24 +37,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-column", metavar="NAME", help=fields["text_column"].description)
     parser.add_argument(
         "--seq-len",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="Tokens per window / text (default: 256).",
     )
     parser.add_argument(
         "--stride",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="Perplexity window stride; below --seq-len only the new tokens of each window count "
         "(default: --seq-len, non-overlapping windows).",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=8, metavar="N", help="Rows per forward pass (default: 8)."
+        "--batch-size", type=positive_int, default=8, metavar="N", help="Rows per forward pass (default: 8)."
     )
     parser.add_argument(
         "--samples",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         metavar="N",
         help="Windows or texts evaluated (default: 64).",
@@ -73,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         metavar="N",
         help="Timed passes, median reported (default: 5).",
@@ -83,14 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--new-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=32,
         metavar="N",
         help="Greedy tokens per prompt (default: 32).",
     )
     parser.add_argument(
         "--prompts",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="Prompts for greedy agreement (default: 8).",
@@ -111,14 +102,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--probe-train",
-        type=_positive_int,
+        type=positive_int,
         default=2000,
         metavar="N",
         help="Probe training sentences (default: 2000).",
     )
     parser.add_argument(
         "--probe-test",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="Probe test sentences (default: 1000).",
@@ -128,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="TASKS",
         help="Also run lm-evaluation-harness tasks, comma-separated (needs `pip install prune-llm[lm-eval]`).",
     )
-    parser.add_argument("--lm-eval-limit", type=_positive_int, metavar="N", help="Examples per lm-eval task.")
+    parser.add_argument("--lm-eval-limit", type=positive_int, metavar="N", help="Examples per lm-eval task.")
     parser.add_argument("--device", default="auto", help=fields["device"].description + " (default: auto)")
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="Model dtype."

@@ -27,6 +27,17 @@ __all__ = ["add_option_flags", "field_flag", "options_from_args", "overrides_fro
 _FLAG_DESTS_ATTR = "_prune_option_fields"
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts: an integer >= 1, with a message naming the bad value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def field_flag(name: str) -> str:
     """The flag of an options field: ``calib_samples`` -> ``--calib-samples``.
 
