@@ -50,11 +50,10 @@ def main() -> None:
     from prune.anatomy import get_anatomy
     from prune.collect import collect_stats
     from prune.data import load_texts, make_batches
-    from prune.evaluation import EvalSettings, compare_models, evaluate_model
+    from prune.evaluation import EvalSettings, evaluate_model
     from prune.loading import load_model
     from prune.plan import STRATEGIES, plan_pruning
     from prune.plan.search import SearchContext
-    from prune.surgery import remove_blocks
 
     loaded = load_model(args.model)
     model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
@@ -87,6 +86,7 @@ def main() -> None:
         probe_before = evaluate_model(model, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
 
     rows = []
+    measured: dict[tuple[int, ...], dict] = {}  # strategies that pick the same blocks share one evaluation
     for entry in args.strategies.split(","):
         name, _, metric = entry.partition(":")
         start = time.perf_counter()
@@ -103,28 +103,13 @@ def main() -> None:
             search=search,
         )
         plan_s = time.perf_counter() - start
-        pruned = remove_blocks(model, plan.drop, anatomy=anatomy)
-        comparison = compare_models(
-            model,
-            pruned,
-            tokenizer,
-            kind=kind,
-            eval_texts=eval_texts,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            num_samples=args.eval_samples,
-            seed=args.seed,
-        )
-        if probe_settings is not None:
-            # The original's probe accuracy is measured once (below), not again for every strategy.
-            comparison.after.update(
-                evaluate_model(pruned, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
+        if plan.drop not in measured:
+            measured[plan.drop] = _measure(
+                model, tokenizer, kind, plan.drop, anatomy, eval_texts, args, probe_settings
             )
-        row = {"strategy": entry, "drop": list(plan.drop), "plan_s": plan_s, **comparison.to_dict()}
-        if probe_settings is not None:
-            row["before"].update(probe_before)
-        rows.append(row)
-        del pruned
+            if probe_settings is not None:
+                measured[plan.drop]["before"].update(probe_before)
+        rows.append({"strategy": entry, "drop": list(plan.drop), "plan_s": plan_s, **measured[plan.drop]})
 
     if args.json:
         print(json.dumps({"collect_s": collect_s, "rows": rows}, indent=2))
@@ -139,6 +124,31 @@ def main() -> None:
     for row in rows:
         values = " | ".join(_fmt(row["after"].get(k)) for k in keys)
         print(f"| {row['strategy']} | {row['drop']} | {values} | {row['plan_s']:.1f} |")
+
+
+def _measure(model, tokenizer, kind, drop, anatomy, eval_texts, args, probe_settings) -> dict:
+    """Cut `drop` from a copy of `model` and compare it with the original (and probe it if asked)."""
+    from prune.evaluation import compare_models, evaluate_model
+    from prune.surgery import remove_blocks
+
+    pruned = remove_blocks(model, drop, anatomy=anatomy)
+    comparison = compare_models(
+        model,
+        pruned,
+        tokenizer,
+        kind=kind,
+        eval_texts=eval_texts,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        num_samples=args.eval_samples,
+        seed=args.seed,
+    )
+    if probe_settings is not None:
+        # The original's probe accuracy is measured once by the caller, not again for every strategy.
+        comparison.after.update(
+            evaluate_model(pruned, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
+        )
+    return comparison.to_dict()
 
 
 def _fmt(value) -> str:

@@ -183,7 +183,10 @@ def run_pruning(
         search=search,
     )
     logger.info("plan: drop blocks %s (%s)", list(plan.drop), plan.reason)
-    pruned = remove_blocks(original, plan.drop, anatomy=anatomy)
+    # A model the pipeline loaded itself is only read (evaluated) and then dropped, so the pruned copy
+    # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
+    # in gets a real copy, so that whatever they do with the result later never reaches their model.
+    pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
 
     comparison, eval_info = None, {}
     if options.eval != "none":

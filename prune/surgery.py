@@ -28,7 +28,12 @@ Undo = Callable[[], None]
 
 
 def remove_blocks(
-    model: nn.Module, drop: Iterable[int], *, anatomy: Anatomy | None = None, inplace: bool = False
+    model: nn.Module,
+    drop: Iterable[int],
+    *,
+    anatomy: Anatomy | None = None,
+    inplace: bool = False,
+    share_weights: bool = False,
 ) -> nn.Module:
     """Return `model` without the blocks at the indices in `drop`.
 
@@ -37,6 +42,10 @@ def remove_blocks(
         drop: Indices of the blocks to remove (0-based, any order, no duplicates).
         anatomy: The model's anatomy; computed with `get_anatomy(model)` when omitted.
         inplace: Modify `model` itself instead of a deep copy. By default the original stays untouched.
+        share_weights: Copy the modules but not the weights: the result's parameters and buffers are the
+            original's tensors, so the copy costs no memory (for a 7B model, 14 GB in bf16). The original's
+            structure is still untouched, but training or repairing either model changes both; use it when
+            both are only read (compared, saved) or the original is about to be discarded.
 
     Returns:
         The pruned model (a new object unless `inplace`). Its saved config loads with the stock
@@ -54,7 +63,7 @@ def remove_blocks(
     anatomy = anatomy if anatomy is not None else get_anatomy(model)
     keep = _keep_indices(anatomy, _checked_drop(drop, anatomy.num_blocks))
     _check_blocks(model, anatomy)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy(model, share_weights=share_weights)
     tied = _tied_embeddings(target)
     if len(keep) < anatomy.num_blocks:
         _warn_index_sensitive(target, anatomy)
@@ -96,6 +105,15 @@ def blocks_skipped(
         yield model
     finally:
         undo()
+
+
+def _copy(model: nn.Module, *, share_weights: bool) -> nn.Module:
+    if not share_weights:
+        return copy.deepcopy(model)
+    # deepcopy returns what its memo maps an object's id to, so seeding the memo with every tensor the
+    # model owns copies the module tree around the same tensors.
+    tensors = [*model.parameters(), *model.buffers()]
+    return copy.deepcopy(model, {id(tensor): tensor for tensor in tensors})
 
 
 def _checked_drop(drop: Iterable[int], num_blocks: int) -> tuple[int, ...]:

@@ -65,6 +65,24 @@ def test_inplace_modifies_and_returns_the_model():
     assert list(dict(model.named_children())) == list(dict(build_tiny("llama").named_children()))
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_share_weights_copies_the_structure_around_the_same_tensors(family):
+    model = build_tiny(family)
+    ids = sample_input_ids(family)
+    before = model(input_ids=ids).logits
+    copied = remove_blocks(model, [1, 3])
+    shared = remove_blocks(model, [1, 3], share_weights=True)
+    assert torch.equal(shared(input_ids=ids).logits, copied(input_ids=ids).logits)
+    pointers = {tensor.data_ptr() for tensor in [*model.parameters(), *model.buffers()]}
+    assert {p.data_ptr() for p in shared.parameters()} <= pointers
+    assert not {p.data_ptr() for p in copied.parameters()} & pointers
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert (shared.get_output_embeddings().weight is shared.get_input_embeddings().weight) == tied
+    # the original keeps its blocks and config: only tensors are shared, never modules
+    assert model.config.num_hidden_layers == 6 and len(get_anatomy(model).blocks(model)) == 6
+    assert torch.equal(model(input_ids=ids).logits, before)
+
+
 def test_pruning_twice_composes():
     model = build_tiny("llama")
     ids = sample_input_ids("llama")
