@@ -10,6 +10,7 @@ import os
 import struct
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -208,6 +209,20 @@ def test_greedy_agreement_is_one_against_itself(tok):
     assert torch.equal(ref, ids[:, 5:])
     again = greedy_continuations(copy.deepcopy(model), prompts, new_tokens=6)
     assert agreement(ref, again) == {"token_agreement": 1.0, "exact_match": 1.0}
+
+
+def test_greedy_loop_feeds_the_cache_under_the_name_the_model_takes(tok):
+    # transformers 5.24 renamed the forward's `past_key_values` to `cache`: the loop must pass the
+    # cache back (one new token per step, not the whole sequence) without the deprecation path.
+    model = tiny_llama()
+    lengths = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        greedy_continuations(model, torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]), new_tokens=5)
+    assert lengths == [4, 1, 1, 1, 1]
 
 
 def test_agreement_counts_tokens_and_exact_matches():

@@ -8,6 +8,7 @@ continuations hold the same token; exact match is the fraction of prompts whose 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, *, new_t
     # and every continuation must have exactly `new_tokens` tokens.
     device = next(model.parameters()).device
     ids = prompts.to(device)
+    cache_kwarg = _cache_kwarg(model)
     was_training = model.training
     model.eval()
     tokens = []
@@ -63,16 +65,35 @@ def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, *, new_t
             if step == new_tokens - 1:
                 break
             ids = torch.cat([ids, next_token], dim=1)
-            cache = getattr(out, "past_key_values", None)
+            cache = _returned_cache(out)
             # Models without a cache recompute the whole sequence; the tokens are the same.
             out = (
-                model(input_ids=next_token, past_key_values=cache, use_cache=True)
+                model(input_ids=next_token, use_cache=True, **{cache_kwarg: cache})
                 if cache is not None
                 else model(input_ids=ids)
             )
     finally:
         model.train(was_training)
     return torch.cat(tokens, dim=1).cpu()
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers >= 5.24, which
+    deprecates ``past_key_values``) or ``past_key_values`` (older releases and custom models)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under either name (None when the model returns none)."""
+    for name in ("cache", "past_key_values"):
+        value = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 def agreement(reference_tokens: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
