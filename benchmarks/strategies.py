@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-tokens", type=int, default=0, help="leave each calibration sequence's first N tokens out"
+    )
     parser.add_argument("--probe", action="store_true", help="encoders: also probe accuracy (minutes)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -69,7 +72,13 @@ def main() -> None:
     )
     eval_texts = load_texts("default", purpose="eval", seed=args.seed)
     start = time.perf_counter()
-    stats = collect_stats(model, calib, anatomy=anatomy, metrics=("bi", "angular", "cka", "cka_io"))
+    stats = collect_stats(
+        model,
+        calib,
+        anatomy=anatomy,
+        metrics=("bi", "angular", "cka", "cka_io"),
+        skip_tokens=args.skip_tokens,
+    )
     collect_s = time.perf_counter() - start
     scores = stats.scores()
 
@@ -115,7 +124,10 @@ def main() -> None:
         print(json.dumps({"collect_s": collect_s, "rows": rows}, indent=2))
         return
     keys = [k for k, v in rows[0]["after"].items() if isinstance(v, (int, float))]
-    print(f"{args.model} {anatomy.num_blocks} blocks, target {args.target}; statistics in {collect_s:.1f} s")
+    print(
+        f"{args.model} {anatomy.num_blocks} blocks, target {args.target}; statistics in {collect_s:.1f} s "
+        f"(first {args.skip_tokens} tokens of each sequence left out)"
+    )
     print(f"protocol: {rows[0].get('protocol')}")
     print("| strategy | removed | " + " | ".join(keys) + " | plan s |")
     print("|---|---|" + "---|" * len(keys) + "---|")

@@ -323,6 +323,7 @@ def analyze(
     beta: float = 100.0,
     eps: float = 0.8,
     token_mode: str = "tokens",
+    skip_tokens: int = 0,
     accelerator: Any = None,
     max_tokens: int | None = None,
     state_path: str | None = None,
@@ -340,6 +341,8 @@ def analyze(
         beta: MSRS sharpness.
         eps: MSRS similarity threshold.
         token_mode: Compare every token ("tokens"), the mean over each sequence ("mean") or its last token.
+        skip_tokens: Leave the first N tokens of every sequence out (1 removes the attention-sink token
+            whose massive activations dominate CKA on many LLMs).
         accelerator: An `accelerate.Accelerator` to reduce statistics over processes.
         max_tokens: Stop after this many tokens.
         state_path: Where the collector checkpoints its running sums (to resume).
@@ -370,10 +373,16 @@ def analyze(
         accelerator=accelerator,
         max_tokens=max_tokens,
         token_mode=token_mode,
+        skip_tokens=skip_tokens,
         state_path=state_path,
         progress=progress,
     )
-    info = {"token_mode": token_mode, "metrics": list(metrics), **dict(meta or {})}
+    info = {
+        "token_mode": token_mode,
+        "skip_tokens": skip_tokens,
+        "metrics": list(metrics),
+        **dict(meta or {}),
+    }
     info.setdefault("num_sequences", getattr(stats, "num_sequences", None))
     return Analysis.from_stats(stats, beta=beta, eps=eps, allow_last=allow_last, meta=info)
 

@@ -59,6 +59,12 @@ class PruneOptions(BaseModel):
     max_tokens: int | None = Field(
         default=None, ge=1, description="Stop collecting statistics after this many (non-padding) tokens."
     )
+    skip_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Leave the first N tokens of every calibration sequence out of the statistics: many LLMs "
+        "park massive activations on the first token (an attention sink), which then dominate CKA; 1 removes it.",
+    )
     text_column: str | None = Field(
         default=None,
         description="Column holding the text in the data (default: 'text' or the only string column).",

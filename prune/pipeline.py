@@ -163,6 +163,7 @@ def run_pruning(
         anatomy=anatomy,
         metrics=metrics,
         max_tokens=options.max_tokens,
+        skip_tokens=options.skip_tokens,
         progress=progress,
     )
     scores = stats.scores()
@@ -254,6 +255,7 @@ def _build_report(
         "calib_samples": options.calib_samples,
         "seq_len": options.seq_len,
         "calib_tokens": stats.num_tokens,
+        "skip_tokens": options.skip_tokens,
         **eval_info,
     }
     return build_report(

@@ -222,6 +222,9 @@ def test_cli_flags_and_default_out_dir():
         _cli(["minilm-l6", "--calib-samples", "0"])
     with pytest.raises(SystemExit):
         _cli(["minilm-l6", "--token-mode", "pooled"])
+    with pytest.raises(SystemExit):
+        _cli(["minilm-l6", "--skip-tokens", "-1"])
+    assert _cli(["minilm-l6", "--skip-tokens", "0"]).skip_tokens == 0
     assert str(default_out_dir("HuggingFaceTB/SmolLM2-135M")) == "analysis/SmolLM2-135M"
     assert str(default_out_dir("/models/smol/SmolLM2-135M-Instruct.Q4_1.gguf")) == (
         "analysis/SmolLM2-135M-Instruct.Q4_1"
@@ -338,12 +341,15 @@ def test_cli_analyze_minilm(tmp_path, capsys):
     with pytest.raises(PruneError, match="--force"):
         _run_cli(argv, capsys)
     assert (out / "analysis.json").read_text() == before
-    status, printed = _run_cli([*argv, "--force", "--json", "--token-mode", "mean", "--no-plots"], capsys)
+    rerun = [*argv, "--force", "--json", "--token-mode", "mean", "--no-plots", "--skip-tokens", "1"]
+    status, printed = _run_cli(rerun, capsys)
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == ["analysis.json", "analysis.txt"]  # replaced whole
     printed_data = json.loads(printed)
     assert printed_data == json.loads((out / "analysis.json").read_text())
-    assert printed_data["meta"]["token_mode"] == "mean"
+    assert printed_data["meta"]["token_mode"] == "mean" and printed_data["meta"]["skip_tokens"] == 1
+    # Each of the 16 sequences lost its first token ([CLS]) from the statistics.
+    assert printed_data["num_tokens"] == data["num_tokens"] - 16
 
 
 def test_cli_analyze_resumes_from_its_state_file(tmp_path, capsys, monkeypatch):

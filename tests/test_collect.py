@@ -155,3 +155,7 @@ def test_resume_refuses_a_different_run(tmp_path) -> None:
         collect_stats(model, [padded_batch()], metrics=["bi", "cka"], state_path=state, progress=False)
     with pytest.raises(CollectError, match="delete the state file"):
         collect_stats(tiny_bert(), [padded_batch()], metrics=["bi"], state_path=state, progress=False)
+    with pytest.raises(CollectError, match="skip_tokens=0"):
+        collect_stats(
+            model, [padded_batch()], metrics=["bi"], skip_tokens=1, state_path=state, progress=False
+        )

@@ -174,6 +174,57 @@ def test_max_tokens_is_exact() -> None:
     assert stats.info["batches"] == 2  # the third batch was never run
 
 
+def left_padded(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same sequences with the padding moved to the left."""
+    ids, mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
+    for row in range(ids.shape[0]):
+        n = int(mask[row].sum())
+        ids[row] = torch.cat([ids[row, n:], ids[row, :n]])
+        mask[row] = torch.cat([mask[row, n:], mask[row, :n]])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_skip_tokens_leaves_out_each_sequences_first_tokens(padding: str) -> None:
+    model, batch = tiny_llama(), padded_batch()
+    if padding == "left":
+        batch = left_padded(batch)
+    stats = collect_stats(model, [batch], metrics=ALL, skip_tokens=2, progress=False)
+    # By hand: per row, drop the first two positions that hold a real token.
+    kept = batch["attention_mask"].bool().clone()
+    for row in range(kept.shape[0]):
+        kept[row, kept[row].nonzero()[:2, 0]] = False
+    assert stats.num_tokens == int(kept.sum()) == 35 - 2 * 5
+    assert stats.info["skip_tokens"] == 2
+    states = reference_states(model, batch)
+    bi, ang = reference_bi_angular(states, kept)
+    scores = stats.scores()
+    assert torch.allclose(scores["bi"], bi, atol=1e-5)
+    assert torch.allclose(scores["angular"], ang, atol=2e-4)
+    # Rows keep 9, 5, 1, 7, 3 tokens: three CKA minibatches of >= 4 samples.
+    groups = [[h[row][kept[row]] for h in states] for row in range(5) if kept[row].sum() >= 4]
+    assert len(groups) == 3 and stats.sums["hsic_groups"].item() == 3
+    cka = reference_cka(groups)
+    cka.fill_diagonal_(1.0)
+    assert torch.allclose(scores["cka"], cka, atol=1e-4)
+
+
+def test_skipped_tokens_do_not_count_towards_the_budget() -> None:
+    model, batch = tiny_llama(), padded_batch()
+    batches = split(batch, [3, 2])
+    stats = collect_stats(model, batches, metrics=ALL, max_tokens=27, skip_tokens=1, progress=False)
+    assert stats.num_tokens == 27
+    # Rows keep 10, 6, 2, 8, 4 tokens after their first: the first batch gives 18, the second needs
+    # row 3 (8) and then one token of row 4, which a budget counting the skipped tokens would drop.
+    kept = batch["attention_mask"].bool().clone()
+    kept[:, 0] = False
+    kept[4, 2:] = False
+    assert int(kept.sum()) == 27
+    bi, ang = reference_bi_angular(reference_states(model, batch), kept)
+    assert torch.allclose(stats.scores()["bi"], bi, atol=1e-5)
+    assert torch.allclose(stats.scores()["angular"], ang, atol=2e-4)
+
+
 def test_registry_declares_shared_sums_once() -> None:
     assert {"bi", "angular", "cka", "cka_io"} <= set(METRICS.names())
     assert METRICS.get("cka").sums == METRICS.get("cka_io").sums
@@ -206,6 +257,7 @@ def test_layer_stats_save_load_roundtrip(tmp_path) -> None:
         ({"token_mode": "pooled"}, "unknown token_mode"),
         ({"max_tokens": 0}, "max_tokens must be a positive"),
         ({"group_size": 2}, "group_size must be at least 4"),
+        ({"skip_tokens": -1}, "skip_tokens must be a whole number"),
     ],
 )
 def test_bad_options_raise_collect_error(kwargs, match) -> None:

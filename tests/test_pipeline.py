@@ -49,6 +49,24 @@ def test_run_pruning_on_a_model_the_user_holds(minilm, tmp_path):
     assert saved["model"]["num_blocks_after"] == 4
 
 
+def test_skip_tokens_reaches_the_collector_and_the_report(minilm):
+    model, tokenizer = minilm
+    runs = {
+        skip: prune.run_pruning(
+            PruneOptions(model="my-minilm", target="drop-1", eval="none", skip_tokens=skip, **FAST),
+            model=model,
+            tokenizer=tokenizer,
+            progress=False,
+        )
+        for skip in (0, 1)
+    }
+    data = {skip: run.report["data"] for skip, run in runs.items()}
+    assert (data[0]["skip_tokens"], data[1]["skip_tokens"]) == (0, 1)
+    # 16 calibration sequences, each without its [CLS] token.
+    assert data[1]["calib_tokens"] == data[0]["calib_tokens"] - FAST["calib_samples"]
+    assert not torch.allclose(runs[0].scores["cka"], runs[1].scores["cka"])
+
+
 class TinyBlock(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()

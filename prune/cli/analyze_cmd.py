@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from prune.cli.flags import positive_int
+from prune.cli.flags import non_negative_int, positive_int
 from prune.options import PruneOptions
 
 PLOTS = ("cka_heatmap.png", "block_scores.png")
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     option("--seq-len", "seq_len", type=positive_int, metavar="N")
     option("--batch-size", "batch_size", type=positive_int, metavar="N")
     option("--max-tokens", "max_tokens", type=positive_int, metavar="N")
+    option("--skip-tokens", "skip_tokens", type=non_negative_int, metavar="N")
     option("--text-column", "text_column", metavar="NAME")
     option("--block-path", "block_path", metavar="PATH")
     option("--device", "device")
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "max_tokens": args.max_tokens,
+        "skip_tokens": args.skip_tokens,
         "seed": args.seed,
     }
     if accelerator is not None:
@@ -159,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         beta=args.beta,
         eps=args.eps,
         token_mode=args.token_mode,
+        skip_tokens=args.skip_tokens,
         max_tokens=args.max_tokens,
         accelerator=accelerator,
         state_path=args.state,

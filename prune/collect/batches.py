@@ -56,8 +56,24 @@ def check_batch(batch: Any, index: int) -> None:
         )
 
 
-def rows_within_budget(batch: Any, remaining: int) -> Any:
-    """Drop whole rows that lie past the token budget, before spending a forward pass on them."""
+def skip_first_tokens(mask: Tensor, skip: int) -> Tensor:
+    """bool [B, T]: `mask` without the first `skip` valid tokens of each row (left or right padding).
+
+    Example:
+        >>> skip_first_tokens(torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]]), 1).int().tolist()
+        [[0, 0, 1, 1], [0, 1, 0, 0]]
+    """
+    mask = mask.bool()
+    if skip <= 0:
+        return mask
+    return mask & (mask.cumsum(1) > skip)
+
+
+def rows_within_budget(batch: Any, remaining: int, skip: int = 0) -> Any:
+    """Drop whole rows that lie past the token budget, before spending a forward pass on them.
+
+    `skip` first tokens of each row do not count towards the budget (see `skip_first_tokens`).
+    """
     if not isinstance(batch, dict):
         return batch
     mask = batch.get("attention_mask")
@@ -65,13 +81,14 @@ def rows_within_budget(batch: Any, remaining: int) -> Any:
         mask = torch.ones_like(batch["input_ids"])
     if mask is None:
         return batch
-    per_row = mask.bool().sum(1).cumsum(0)
+    per_row = skip_first_tokens(mask, skip).sum(1).cumsum(0)
     needed = int((per_row < remaining).sum()) + 1
     return _rows(batch, needed) if needed < mask.shape[0] else batch
 
 
-def valid_mask(batch: Any, hidden: Tensor, remaining: int | None) -> Tensor:
-    """bool [B, T]: tokens that count (not padding, within the budget), on the hidden state's device."""
+def valid_mask(batch: Any, hidden: Tensor, remaining: int | None, skip: int = 0) -> Tensor:
+    """bool [B, T]: tokens that count (not padding, not among the first `skip` of their row, within the
+    budget), on the hidden state's device."""
     if hidden.dim() != 3:
         raise AnatomyError(
             f"block hidden states have shape {tuple(hidden.shape)}, expected [batch, tokens, features]; "
@@ -87,6 +104,7 @@ def valid_mask(batch: Any, hidden: Tensor, remaining: int | None) -> Tensor:
             f"attention_mask has shape {tuple(mask.shape)} but the blocks see {tuple(hidden.shape[:2])} tokens; "
             "pass one mask entry per token"
         )
+    mask = skip_first_tokens(mask, skip)
     if remaining is not None:
         # Exact budget: keep the first `remaining` valid tokens in reading order (row by row).
         mask = mask & (mask.flatten().cumsum(0) <= remaining).view_as(mask)

@@ -123,7 +123,7 @@ def _accepts(model: nn.Module, name: str) -> bool:
 
 
 def _validate(
-    metrics: Sequence[str], token_mode: str, max_tokens: int | None, group_size: int
+    metrics: Sequence[str], token_mode: str, max_tokens: int | None, group_size: int, skip_tokens: int
 ) -> tuple[str, ...]:
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -138,6 +138,11 @@ def _validate(
     if max_tokens is not None and max_tokens < 1:
         raise CollectError(
             f"max_tokens must be a positive number of tokens, got {max_tokens}; pass e.g. 100000"
+        )
+    if isinstance(skip_tokens, bool) or not isinstance(skip_tokens, int) or skip_tokens < 0:
+        raise CollectError(
+            f"skip_tokens must be a whole number of tokens >= 0, got {skip_tokens!r}; pass 0 (keep every "
+            "token) or e.g. 1 (leave out each sequence's first token)"
         )
     if group_size < MIN_GROUP:
         raise CollectError(
@@ -155,6 +160,7 @@ def collect_stats(
     accelerator: Any = None,
     max_tokens: int | None = None,
     token_mode: TokenMode = "tokens",
+    skip_tokens: int = 0,
     state_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     group_size: int = 64,
@@ -187,6 +193,10 @@ def collect_stats(
             its share, max_tokens // N (the first max_tokens % N processes one more).
         token_mode: "tokens" (every valid token is a sample; each sequence is one CKA minibatch, those
             under 4 valid tokens skipped for CKA), "mean" or "last" (one pooled vector per sequence).
+        skip_tokens: Leave the first `skip_tokens` valid tokens of every sequence out of all statistics
+            (and of the budget). Many LLMs park massive activations on the first token (an attention
+            sink: a few dimensions thousands of times larger than the rest, the same in every block),
+            which then dominates linear CKA and cosines; 1 removes it. 0 keeps every token.
         state_path: Resumable collection: the partial sums and the number of batches consumed are
             saved there every `save_every` batches, on an error, and at the end; a rerun with the same
             path and the same batches skips the consumed batches and continues.
@@ -201,7 +211,7 @@ def collect_stats(
         >>> stats = collect_stats(model, batches, metrics=["bi", "angular", "cka"])  # doctest: +SKIP
         >>> stats.scores()["bi"]  # doctest: +SKIP
     """
-    names = _validate(metrics, token_mode, max_tokens, group_size)
+    names = _validate(metrics, token_mode, max_tokens, group_size, skip_tokens)
     if anatomy is None:
         from prune.anatomy import get_anatomy
 
@@ -224,6 +234,7 @@ def collect_stats(
         "token_mode": token_mode,
         "group_size": group_size if token_mode != "tokens" else None,
         "max_tokens": max_tokens,
+        "skip_tokens": skip_tokens,
         "num_processes": world,
     }
     state_file = None
@@ -263,13 +274,13 @@ def collect_stats(
                     break
                 check_batch(batch, index)
                 if remaining is not None:
-                    batch = rows_within_budget(batch, remaining)
+                    batch = rows_within_budget(batch, remaining, skip_tokens)
                 batch = to_device(batch, device)
                 with autocast():
                     states = capture.run(model, batch, extra)
                 stats_device = states[0].device
                 states = [h.to(stats_device) for h in states]
-                mask = valid_mask(batch, states[0], remaining)
+                mask = valid_mask(batch, states[0], remaining, skip_tokens)
                 samples = Samples(states, mask, token_mode)
                 del states  # `samples` releases them once stacked
                 if token_mode != "tokens" and any(name in totals for name in GROUP_SUMS):
@@ -310,6 +321,7 @@ def collect_stats(
         "num_processes": world,
         "batches": consumed,
         "max_tokens": max_tokens,
+        "skip_tokens": skip_tokens,
         "group_size": group_size,
     }
     return LayerStats(num_blocks=num_blocks, metrics=names, sums=result, token_mode=token_mode, info=info)
@@ -326,11 +338,15 @@ def _fill_groups(
     return (rest if rest.shape[1] else None), groups
 
 
+# Fingerprint keys added after format_version 1: what a state file saved without them meant.
+_FINGERPRINT_DEFAULTS = {"skip_tokens": 0}
+
+
 def _resume(
     state_file: str, fingerprint: dict[str, Any], totals: dict[str, Tensor]
 ) -> tuple[int, Tensor | None]:
     state = read_state(state_file)
-    saved = state.get("fingerprint", {})
+    saved = {**_FINGERPRINT_DEFAULTS, **state.get("fingerprint", {})}
     for key, value in fingerprint.items():
         if saved.get(key) != value:
             raise CollectError(
