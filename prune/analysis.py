@@ -341,8 +341,8 @@ def analyze(
         beta: MSRS sharpness.
         eps: MSRS similarity threshold.
         token_mode: Compare every token ("tokens"), the mean over each sequence ("mean") or its last token.
-        skip_tokens: Leave the first N tokens of every sequence out (1 removes the attention-sink token
-            whose massive activations dominate CKA on many LLMs).
+        skip_tokens: Leave the first N tokens of every sequence out (1 leaves out the attention-sink token
+            whose massive activations inflate CKA and MSRS on many LLMs).
         accelerator: An `accelerate.Accelerator` to reduce statistics over processes.
         max_tokens: Stop after this many tokens.
         state_path: Where the collector checkpoints its running sums (to resume).

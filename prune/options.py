@@ -63,7 +63,8 @@ class PruneOptions(BaseModel):
         default=0,
         ge=0,
         description="Leave the first N tokens of every calibration sequence out of the statistics: many LLMs "
-        "park massive activations on the first token (an attention sink), which then dominate CKA; 1 removes it.",
+        "park massive activations on the first token (an attention sink), which inflate CKA and MSRS; 1 leaves "
+        "it out.",
     )
     text_column: str | None = Field(
         default=None,

@@ -195,8 +195,9 @@ def collect_stats(
             under 4 valid tokens skipped for CKA), "mean" or "last" (one pooled vector per sequence).
         skip_tokens: Leave the first `skip_tokens` valid tokens of every sequence out of all statistics
             (and of the budget). Many LLMs park massive activations on the first token (an attention
-            sink: a few dimensions thousands of times larger than the rest, the same in every block),
-            which then dominates linear CKA and cosines; 1 removes it. 0 keeps every token.
+            sink: a few dimensions far larger than the rest, carried through many blocks); linear CKA
+            weighs samples by their norm, so that token makes the blocks carrying it look alike. 1
+            leaves it out. 0 keeps every token.
         state_path: Resumable collection: the partial sums and the number of batches consumed are
             saved there every `save_every` batches, on an error, and at the end; a rerun with the same
             path and the same batches skips the consumed batches and continues.
