@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from prune.cli.flags import non_negative_int, positive_int
+from prune.cli.flags import positive_int, value_parser
 from prune.options import PruneOptions
 
 PLOTS = ("cka_heatmap.png", "block_scores.png")
@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     option("--seq-len", "seq_len", type=positive_int, metavar="N")
     option("--batch-size", "batch_size", type=positive_int, metavar="N")
     option("--max-tokens", "max_tokens", type=positive_int, metavar="N")
-    option("--skip-tokens", "skip_tokens", type=non_negative_int, metavar="N")
+    option(
+        "--skip-tokens", "skip_tokens", type=value_parser("skip_tokens", fields["skip_tokens"]), metavar="N"
+    )
     option("--text-column", "text_column", metavar="NAME")
     option("--block-path", "block_path", metavar="PATH")
     option("--device", "device")

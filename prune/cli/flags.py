@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from prune.errors import PruneError
 from prune.options import PruneOptions
 
-__all__ = ["add_option_flags", "field_flag", "options_from_args", "overrides_from_args"]
+__all__ = ["add_option_flags", "field_flag", "options_from_args", "overrides_from_args", "value_parser"]
 
 # Marks the argparse actions this module created, so that collecting values finds exactly them.
 _FLAG_DESTS_ATTR = "_prune_option_fields"
@@ -35,17 +35,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type for counts that may be zero: an integer >= 0, with a message naming the bad value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
     return value
 
 
@@ -105,7 +94,7 @@ def add_option_flags(
         help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         annotation = _strip_optional(field.annotation)
         if not overrides_only and name in positional:
-            group.add_argument(name, metavar=name.upper(), type=_value_parser(name, field), help=help_text)
+            group.add_argument(name, metavar=name.upper(), type=value_parser(name, field), help=help_text)
             dests.append(name)
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
@@ -113,7 +102,7 @@ def add_option_flags(
             # default-True switches need a way to turn them off
             kwargs["action"] = argparse.BooleanOptionalAction if field.get_default() is True else "store_true"
         else:
-            kwargs["type"] = _value_parser(name, field)
+            kwargs["type"] = value_parser(name, field)
             kwargs["metavar"] = name.upper()
             kwargs["required"] = required
             if typing.get_origin(annotation) is Literal:
@@ -161,7 +150,7 @@ def _strip_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _value_parser(name: str, field: Any) -> Callable[[str], Any]:
+def value_parser(name: str, field: Any) -> Callable[[str], Any]:
     """A converter for argparse's ``type=``: the field's scalar type plus its numeric bounds."""
     annotation = _strip_optional(field.annotation)
     if typing.get_origin(annotation) is Literal:
