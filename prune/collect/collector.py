@@ -9,7 +9,6 @@ dropped before the next batch, so memory does not grow with the number of tokens
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
 from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
 from prune.errors import AnatomyError
+from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
 from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
 
@@ -114,12 +114,6 @@ def _fingerprint(model: nn.Module, num_blocks: int) -> str:
     name = getattr(config, "_name_or_path", "") if config is not None else ""
     params = sum(p.numel() for p in model.parameters())
     return f"{type(model).__name__}|{name}|{params}|{num_blocks}"
-
-
-def _accepts(model: nn.Module, name: str) -> bool:
-    with contextlib.suppress(TypeError, ValueError):
-        return name in inspect.signature(model.forward).parameters
-    return False
 
 
 def _validate(
@@ -258,7 +252,7 @@ def collect_stats(
                 state_file,
             )
 
-    extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
+    extra = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     capture = _HiddenStateCapture(blocks)
     bar = _progress_bar(batches, progress and (accelerator is None or accelerator.is_main_process), consumed)

@@ -8,13 +8,13 @@ continuations hold the same token; exact match is the fraction of prompts whose 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
 from prune.errors import DataError
 from prune.evaluation.metric_loader import aggregate
+from prune.forward import forward_accepts
 
 
 def prompts_from_stream(stream: torch.Tensor, *, num_prompts: int, prompt_len: int) -> torch.Tensor:
@@ -53,7 +53,9 @@ def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, *, new_t
     # and every continuation must have exactly `new_tokens` tokens.
     device = next(model.parameters()).device
     ids = prompts.to(device)
-    cache_kwarg = _cache_kwarg(model)
+    # transformers >= 5.24 takes the KV cache as `cache` (`past_key_values` is deprecated); older releases
+    # and custom models take `past_key_values`.
+    cache_kwarg = "cache" if forward_accepts(model, "cache") else "past_key_values"
     was_training = model.training
     model.eval()
     tokens = []
@@ -75,16 +77,6 @@ def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, *, new_t
     finally:
         model.train(was_training)
     return torch.cat(tokens, dim=1).cpu()
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers >= 5.24, which
-    deprecates ``past_key_values``) or ``past_key_values`` (older releases and custom models)."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _returned_cache(out: Any) -> Any:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import inspect
 import statistics
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from prune.errors import DataError
+from prune.forward import forward_accepts
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -137,7 +137,7 @@ def speed_metrics(
     cuda = device.type == "cuda"
 
     def forward() -> None:
-        model(**batch, use_cache=False) if _accepts_use_cache(model) else model(**batch)
+        model(**batch, use_cache=False) if forward_accepts(model, "use_cache") else model(**batch)
 
     was_training = model.training
     model.eval()
@@ -158,12 +158,6 @@ def speed_metrics(
         model.train(was_training)
     latency = statistics.median(times)
     return {"latency_ms": latency * 1e3, "tokens_per_s": tokens / latency, "peak_memory_mb": peak_mb}
-
-
-def _accepts_use_cache(model: torch.nn.Module) -> bool:
-    # Decoders would otherwise build a KV cache that the timing does not need.
-    params = inspect.signature(model.forward).parameters
-    return "use_cache" in params
 
 
 def _peak_memory_mb(forward: Any, device: torch.device) -> float:
