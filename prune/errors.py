@@ -37,3 +37,7 @@ class RecipeError(PruneError):
 
 class HubError(PruneError):
     """Pushing to the Hugging Face Hub failed (no token, no network, no permission)."""
+
+
+class FoldError(PruneError):
+    """A fitted map cannot be folded into the weights (shape, missing bias, unsupported module)."""

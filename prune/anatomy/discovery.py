@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from prune.anatomy.mlp import discover_mlp, resolve_mlp
 from prune.anatomy.spec import Anatomy, FamilySpec, load_families, resolve_attr
 from prune.errors import AnatomyError
 
@@ -111,6 +112,7 @@ def _build(model: nn.Module, family: str, path: str, blocks: nn.ModuleList, spec
             k for k in spec.layer_index_list_keys if isinstance(getattr(config, k, None), (list, tuple))
         ),
         index_sensitive_flags=tuple((flag.key, flag.message) for flag in spec.index_sensitive_flags),
+        mlp=resolve_mlp(spec.mlp, config) if spec.mlp is not None else discover_mlp(blocks[0], config),
     )
 
 
@@ -139,6 +141,7 @@ def _discovered_anatomy(model: nn.Module) -> Anatomy:
         layer_count_key=key,
         per_layer_config_keys=_present_lists(config, GENERIC_PER_LAYER_KEYS, len(blocks)),
         layer_index_attributes=_layer_index_attributes(blocks, ()),
+        mlp=discover_mlp(blocks[0], config),
     )
 
 
@@ -178,6 +181,7 @@ def _user_anatomy(model: nn.Module, block_path: str, family: tuple[str, FamilySp
         layer_count_key=key,
         per_layer_config_keys=_present_lists(config, GENERIC_PER_LAYER_KEYS, len(blocks)) if key else (),
         layer_index_attributes=_layer_index_attributes(blocks, ()),
+        mlp=discover_mlp(blocks[0], config),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from prune.anatomy.mlp import MlpAnatomy, MlpSpec
 from prune.errors import AnatomyError
 
 
@@ -65,6 +66,9 @@ class FamilySpec(BaseModel):
     )
     index_sensitive_flags: tuple[IndexSensitiveFlag, ...] = Field(
         default=(), description="Config flags under which renumbering changes the computation (warned about)."
+    )
+    mlp: MlpSpec | None = Field(
+        default=None, description="Where each block's MLP is (repair and width squeezing need it)."
     )
 
     @field_validator("block_paths", "config_paths")
@@ -130,6 +134,7 @@ class Anatomy:
         layer_index_list_keys: Config lists of block indices.
         index_sensitive_flags: (config key, message) pairs: when the flag is true, renumbering changes
             the computation and surgery logs the message.
+        mlp: Where each block's MLP is (`prune.anatomy.mlp.MlpAnatomy`), None when not known.
 
     Example:
         >>> anatomy = get_anatomy(model)  # doctest: +SKIP
@@ -146,6 +151,7 @@ class Anatomy:
     layer_threshold_keys: tuple[str, ...] = ()
     layer_index_list_keys: tuple[str, ...] = ()
     index_sensitive_flags: tuple[tuple[str, str], ...] = field(default=())
+    mlp: MlpAnatomy | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list of `model` (which must have this anatomy)."""
@@ -168,3 +174,12 @@ class Anatomy:
         if config is None or self.layer_count_key is None:
             return None
         return resolve_attr(config, self.config_path)
+
+    def require_mlp(self, purpose: str) -> MlpAnatomy:
+        """The MLP anatomy, or an AnatomyError saying that `purpose` (e.g. "width squeezing") needs it."""
+        if self.mlp is None:
+            raise AnatomyError(
+                f"{purpose} needs to know where each block's MLP is, and the {self.family} anatomy does not "
+                'say; add an "mlp" entry to the family file (see prune/anatomy/families/llama.json)'
+            )
+        return self.mlp

@@ -8,7 +8,16 @@ Example:
 
 from __future__ import annotations
 
+from prune.collect.capture import CaptureSite, SiteStats, SiteSum, collect_site_sums
 from prune.collect.collector import collect_stats
 from prune.collect.stats import CollectError, LayerStats
 
-__all__ = ["CollectError", "LayerStats", "collect_stats"]
+__all__ = [
+    "CaptureSite",
+    "CollectError",
+    "LayerStats",
+    "SiteStats",
+    "SiteSum",
+    "collect_site_sums",
+    "collect_stats",
+]
