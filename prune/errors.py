@@ -41,3 +41,7 @@ class HubError(PruneError):
 
 class FoldError(PruneError):
     """A fitted map cannot be folded into the weights (shape, missing bias, unsupported module)."""
+
+
+class BudgetError(PruneError):
+    """A budget is malformed, or no model in the search space meets it."""
