@@ -83,3 +83,50 @@ def test_max_keep_within_a_parameter_budget():
     assert costs.max_keep_within((2,), budget, multiple=16) == 32
     assert costs.max_keep_within((), 10) is None
     assert costs.max_keep_within((2,), costs.total_params) == costs.intermediate_size
+
+
+def _frontier_of_tiny():
+    from prune.budget.search import budget_frontier
+
+    model = build_tiny("llama")
+    costs = ModelCosts.from_model(model, get_anatomy(model))
+    plans = [tuple(range(1, 1 + n)) for n in range(0, 5)]
+    limit = costs.params_after((1, 2), costs.intermediate_size)
+    return costs, budget_frontier(costs, plans, limit, multiple=4, min_keep_fraction=0.1)
+
+
+def test_frontier_runs_from_width_only_to_depth_only_within_the_budget():
+    costs, frontier = _frontier_of_tiny()
+    limit = costs.params_after((1, 2), costs.intermediate_size)
+    assert frontier[0].depth == 0 and frontier[0].keep < costs.intermediate_size
+    assert frontier[-1].drop == (1, 2) and frontier[-1].keep == costs.intermediate_size
+    assert all(c.params <= limit for c in frontier)
+    assert [c.depth for c in frontier] == sorted(c.depth for c in frontier)
+
+
+@pytest.mark.parametrize("best_depth", [0, 1, 2])
+def test_search_finds_the_best_point_and_never_loses_to_either_axis(best_depth):
+    from prune.budget.search import search_frontier
+
+    costs, frontier = _frontier_of_tiny()
+    losses = {c.depth: 3.0 + abs(c.depth - best_depth) * 0.5 for c in frontier}
+    calls = []
+
+    def evaluate(candidate):
+        calls.append(candidate.depth)
+        return losses[candidate.depth]
+
+    best, explored, table = search_frontier(
+        frontier,
+        evaluate,
+        reference_loss=2.9,
+        depth_cost=lambda c: c.depth,
+        width_cost=lambda c: 1 - c.keep / costs.intermediate_size,
+        exact_candidates=1,
+        d_ff=costs.intermediate_size,
+    )
+    assert best.candidate.depth == best_depth
+    assert best.loss <= min(losses[frontier[0].depth], losses[frontier[-1].depth])
+    assert {frontier[0].depth, frontier[-1].depth} <= set(calls)
+    assert len(calls) == len(set(calls))  # each candidate built once
+    assert len(table) == len(frontier)
