@@ -162,3 +162,13 @@ def test_resume_refuses_a_different_run(tmp_path) -> None:
         collect_stats(
             model, [padded_batch()], metrics=["bi"], skip_tokens=1, state_path=state, progress=False
         )
+    # Another cut of the tokens into CKA minibatches (or a state file from before the cut was recorded).
+    cka = tmp_path / "cka.pt"
+    collect_stats(model, [padded_batch()], metrics=["cka"], state_path=cka, progress=False)
+    with pytest.raises(CollectError, match="cka_seed=0"):
+        collect_stats(model, [padded_batch()], metrics=["cka"], seed=1, state_path=cka, progress=False)
+    old = torch.load(cka, weights_only=True)
+    del old["fingerprint"]["cka_minibatch"]
+    torch.save(old, cka)
+    with pytest.raises(CollectError, match="cka_minibatch=None"):
+        collect_stats(model, [padded_batch()], metrics=["cka"], state_path=cka, progress=False)

@@ -3,7 +3,8 @@
 One forward pass per batch: a pre-hook on block 0 captures its input (h_0) and a hook on each block
 its output (h_{l+1}); the hook on the last block then stops the forward pass, since nothing after it
 (final norm, LM head, loss) is needed. The hidden states of one batch are reduced to running sums and
-dropped before the next batch, so memory does not grow with the number of tokens.
+dropped before the next batch, except the tokens CKA buffers until they fill a window of W tokens
+(`prune.collect.minibatches`); memory is bounded by the batch and the window, not the number of tokens.
 """
 
 from __future__ import annotations
