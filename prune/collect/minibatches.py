@@ -19,7 +19,7 @@ consecutive sequences, which already come from different texts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,28 +44,50 @@ class Minibatches:
 
 
 class MinibatchStream:
-    """Buffers samples [S, n, d] across batches and cuts each full window into minibatches.
+    """Buffers samples across batches in one window of W samples and cuts each full window into minibatches.
+
+    The buffer is allocated once ([S, W, d], the samples' dtype: a bfloat16 run holds half the bytes)
+    and refilled in place, so memory is one window whatever the batch size; a full window's minibatches
+    go to `consume` before the buffer takes the next samples.
 
     Args:
         size: m, samples per minibatch (>= MIN_GROUP).
         window: W, samples per window; rounded down to a multiple of `size` (at least `size`).
         seed: Seed of the permutation applied to each window; None keeps stream order.
-        pending: Samples of an incomplete window carried over (from a state file).
 
     Example:
-        >>> stream = MinibatchStream(size=4, window=8, seed=0)
-        >>> len(stream.add(torch.randn(2, 10, 3))), stream.pending.shape[1]
-        (2, 2)
+        >>> stream, seen = MinibatchStream(size=4, window=8, seed=0), []
+        >>> stream.add([torch.randn(10, 3), torch.randn(10, 3)], seen.append)
+        >>> len(seen[0]), stream.pending.shape
+        (2, torch.Size([2, 2, 3]))
     """
 
-    def __init__(self, size: int, window: int, seed: int | None, pending: Tensor | None = None) -> None:
+    def __init__(self, size: int, window: int, seed: int | None) -> None:
         if size < MIN_GROUP:
             raise ValueError(f"a CKA minibatch needs at least {MIN_GROUP} samples, got {size}")
         self.size = size
         self.window = max(size, window // size * size)
         self.seed = seed
-        self.pending = pending
+        self._buffer: Tensor | None = None
+        self._fill = 0
         self._orders: dict[int, Tensor] = {}
+
+    @property
+    def pending(self) -> Tensor | None:
+        """[S, n, d]: the samples of the incomplete window (a view), None when it is empty."""
+        return None if self._buffer is None or self._fill == 0 else self._buffer[:, : self._fill]
+
+    @pending.setter
+    def pending(self, samples: Tensor | None) -> None:
+        """Start from the samples of an incomplete window (from a state file)."""
+        self._buffer, self._fill = None, 0
+        if samples is not None and samples.shape[1]:
+            self._allocate(samples.shape[0], samples.shape[2], samples.dtype, samples.device)
+            self._buffer[:, : samples.shape[1]] = samples
+            self._fill = samples.shape[1]
+
+    def _allocate(self, states: int, dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        self._buffer = torch.empty(states, self.window, dim, dtype=dtype, device=device)
 
     def _order(self, length: int) -> Tensor:
         """The permutation of `length` window positions (the same for every window of that length)."""
@@ -77,30 +99,32 @@ class MinibatchStream:
             self._orders[length] = order
         return self._orders[length]
 
-    def _cut(self, samples: Tensor, windows: int, length: int) -> Minibatches:
-        """Minibatches of `windows` consecutive windows of `length` samples at the start of `samples`."""
-        order = self._order(length).to(samples.device)
-        index = []
-        for start in range(0, windows * length, length):
-            positions = order + start
-            index += [positions[i : i + self.size] for i in range(0, length, self.size)]
+    def _cut(self, samples: Tensor) -> Minibatches:
+        """The minibatches of one window: its samples permuted, then runs of m (the last >= MIN_GROUP)."""
+        order = self._order(samples.shape[1]).to(samples.device)
+        index = [order[i : i + self.size] for i in range(0, len(order), self.size)]
         return Minibatches(samples, [i for i in index if i.numel() >= MIN_GROUP])
 
-    def add(self, samples: Tensor) -> Minibatches:
-        """Append `samples` [S, n, d] to the pending ones; return the minibatches of the windows completed.
+    def add(self, rows: Sequence[Tensor], consume: Callable[[Minibatches], None]) -> None:
+        """Append one batch's samples (S tensors [n, d]); hand every window they complete to `consume`."""
+        count = rows[0].shape[0] if rows else 0
+        if count == 0:
+            return
+        if self._buffer is None:
+            self._allocate(len(rows), rows[0].shape[1], rows[0].dtype, rows[0].device)
+        buffer = self._buffer
+        start = 0
+        while start < count:
+            take = min(count - start, self.window - self._fill)
+            for state, row in enumerate(rows):
+                buffer[state, self._fill : self._fill + take] = row[start : start + take]
+            self._fill += take
+            start += take
+            if self._fill == self.window:
+                consume(self._cut(buffer))
+                self._fill = 0
 
-        The pending samples keep their dtype (the model's): a bfloat16 run buffers half the bytes.
-        """
+    def flush(self, consume: Callable[[Minibatches], None]) -> None:
+        """Hand the incomplete last window's minibatches to `consume` (its samples stay pending)."""
         if self.pending is not None:
-            samples = torch.cat([self.pending.to(samples.device, samples.dtype), samples], dim=1)
-        windows = samples.shape[1] // self.window
-        used = windows * self.window
-        rest = samples[:, used:]
-        self.pending = rest.clone() if rest.shape[1] else None
-        return self._cut(samples[:, :used], windows, self.window)
-
-    def flush(self) -> Minibatches:
-        """Minibatches of the incomplete last window (its pending samples stay pending)."""
-        if self.pending is None:
-            return Minibatches(torch.zeros(0, 0, 0), [])
-        return self._cut(self.pending, 1, self.pending.shape[1])
+            consume(self._cut(self.pending))
