@@ -112,6 +112,8 @@ class MinibatchStream:
             return
         if self._buffer is None:
             self._allocate(len(rows), rows[0].shape[1], rows[0].dtype, rows[0].device)
+        elif self._buffer.device != rows[0].device:  # resumed from a state file (CPU) on an accelerator
+            self._buffer = self._buffer.to(rows[0].device)
         buffer = self._buffer
         start = 0
         while start < count:
