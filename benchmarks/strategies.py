@@ -78,6 +78,7 @@ def main() -> None:
         anatomy=anatomy,
         metrics=("bi", "angular", "cka", "cka_io"),
         skip_tokens=args.skip_tokens,
+        seed=args.seed,
     )
     collect_s = time.perf_counter() - start
     scores = stats.scores()

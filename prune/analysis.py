@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from prune.errors import PruneError
+from prune.options import CKA_MINIBATCH, CKA_WINDOW
 
 TOKEN_MODES = ("tokens", "mean", "last")
 DEFAULT_METRICS = ("bi", "angular", "cka", "cka_io")
@@ -324,6 +325,9 @@ def analyze(
     eps: float = 0.8,
     token_mode: str = "tokens",
     skip_tokens: int = 0,
+    cka_minibatch: int = CKA_MINIBATCH,
+    cka_window: int = CKA_WINDOW,
+    seed: int = 0,
     accelerator: Any = None,
     max_tokens: int | None = None,
     state_path: str | None = None,
@@ -343,6 +347,9 @@ def analyze(
         token_mode: Compare every token ("tokens"), the mean over each sequence ("mean") or its last token.
         skip_tokens: Leave the first N tokens of every sequence out (1 leaves out the attention-sink token
             whose massive activations inflate CKA and MSRS on many LLMs).
+        cka_minibatch: Tokens per CKA minibatch ("tokens" mode), drawn across the sequences of a window.
+        cka_window: Tokens shuffled together before they are cut into minibatches.
+        seed: Seed of that shuffle.
         accelerator: An `accelerate.Accelerator` to reduce statistics over processes.
         max_tokens: Stop after this many tokens.
         state_path: Where the collector checkpoints its running sums (to resume).
@@ -374,12 +381,17 @@ def analyze(
         max_tokens=max_tokens,
         token_mode=token_mode,
         skip_tokens=skip_tokens,
+        cka_minibatch=cka_minibatch,
+        cka_window=cka_window,
+        seed=seed,
         state_path=state_path,
         progress=progress,
     )
     info = {
         "token_mode": token_mode,
         "skip_tokens": skip_tokens,
+        "cka_minibatch": cka_minibatch,
+        "cka_window": cka_window,
         "metrics": list(metrics),
         **dict(meta or {}),
     }

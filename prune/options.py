@@ -13,6 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Tokens per CKA minibatch and per shuffle window; the collector's defaults too (chosen by measurement,
+# benchmarks/README.md "CKA minibatches").
+CKA_MINIBATCH = 256
+CKA_WINDOW = 8192
+
 
 class PruneOptions(BaseModel):
     """Everything a pruning run needs to know. Unknown keys are errors.
@@ -65,6 +70,19 @@ class PruneOptions(BaseModel):
         description="Leave the first N tokens of every calibration sequence out of the statistics: many LLMs "
         "park massive activations on the first token (an attention sink), which inflate CKA and MSRS; 1 leaves "
         "it out.",
+    )
+    cka_minibatch: int = Field(
+        default=CKA_MINIBATCH,
+        ge=4,
+        description="Tokens per CKA minibatch, drawn at random across the sequences of a window (the unbiased "
+        "HSIC sums cost (L+1) N^2 floats per minibatch of N tokens).",
+    )
+    cka_window: int = Field(
+        default=CKA_WINDOW,
+        ge=4,
+        description="Valid tokens shuffled together before they are cut into CKA minibatches (rounded down to a "
+        "multiple of --cka-minibatch). It should span many sequences (16+): raise it for long sequences; the "
+        "collector buffers this many tokens of every hidden state.",
     )
     text_column: str | None = Field(
         default=None,

@@ -164,6 +164,9 @@ def run_pruning(
         metrics=metrics,
         max_tokens=options.max_tokens,
         skip_tokens=options.skip_tokens,
+        cka_minibatch=options.cka_minibatch,
+        cka_window=options.cka_window,
+        seed=options.seed,
         progress=progress,
     )
     scores = stats.scores()
@@ -256,6 +259,8 @@ def _build_report(
         "seq_len": options.seq_len,
         "calib_tokens": stats.num_tokens,
         "skip_tokens": options.skip_tokens,
+        "cka_minibatch": options.cka_minibatch,
+        "cka_window": options.cka_window,
         **eval_info,
     }
     return build_report(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from accelerate import Accelerator
-from test_distributed import MEAN_GROUP, mean_mode_batches, shard_for, tokens_mode_batches
+from test_distributed import cases, shard_for
 from test_metrics import ALL, tiny_llama
 
 from prune.collect import collect_stats
@@ -21,18 +21,12 @@ def main(out_dir: str) -> None:
     rank, world = accelerator.process_index, accelerator.num_processes
     assert world == 2, f"expected 2 processes, got {world}"
     model = tiny_llama()
-    for mode, batches in [("tokens", tokens_mode_batches()), ("mean", mean_mode_batches())]:
+    for case, mode, batches, options in cases():
         shard = shard_for(batches, rank, world, mode)
         stats = collect_stats(
-            model,
-            shard,
-            metrics=ALL,
-            accelerator=accelerator,
-            token_mode=mode,
-            group_size=MEAN_GROUP,
-            progress=False,
+            model, shard, metrics=ALL, accelerator=accelerator, token_mode=mode, progress=False, **options
         )
-        stats.save(Path(out_dir) / f"rank{rank}_{mode}.pt")
+        stats.save(Path(out_dir) / f"rank{rank}_{case}.pt")
     accelerator.wait_for_everyone()
 
 

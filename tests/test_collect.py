@@ -127,7 +127,9 @@ def failing_after(batches, count: int):
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, mode: str) -> None:
     model = tiny_llama()
     batches = split(padded_batch(1), [1, 1, 1, 1, 1]) + split(padded_batch(2), [2, 3])
+    # Small CKA windows (8 tokens, minibatches of 4): the crash leaves a window half full.
     options = {"metrics": ALL, "token_mode": mode, "group_size": 4, "progress": False}
+    options |= {"cka_minibatch": 4, "cka_window": 8}
     full = collect_stats(model, batches, **options)
     state = tmp_path / "state.pt"
     with pytest.raises(Interrupted):
@@ -141,6 +143,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, mode: str) -> N
     assert resumed.num_tokens == full.num_tokens
     for name, value in full.scores().items():
         assert torch.allclose(value, resumed.scores()[name], atol=1e-9), name
+    assert resumed.sums["hsic_groups"] == full.sums["hsic_groups"] == (17 if mode == "tokens" else 2)
     # A complete state file resumes to the same totals without running anything.
     again = collect_stats(model, batches, state_path=state, **options)
     assert len(calls) == len(batches) - 4
@@ -159,3 +162,13 @@ def test_resume_refuses_a_different_run(tmp_path) -> None:
         collect_stats(
             model, [padded_batch()], metrics=["bi"], skip_tokens=1, state_path=state, progress=False
         )
+    # Another cut of the tokens into CKA minibatches (or a state file from before the cut was recorded).
+    cka = tmp_path / "cka.pt"
+    collect_stats(model, [padded_batch()], metrics=["cka"], state_path=cka, progress=False)
+    with pytest.raises(CollectError, match="cka_seed=0"):
+        collect_stats(model, [padded_batch()], metrics=["cka"], seed=1, state_path=cka, progress=False)
+    old = torch.load(cka, weights_only=True)
+    del old["fingerprint"]["cka_minibatch"]
+    torch.save(old, cka)
+    with pytest.raises(CollectError, match="cka_minibatch=None"):
+        collect_stats(model, [padded_batch()], metrics=["cka"], state_path=cka, progress=False)

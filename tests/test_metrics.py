@@ -66,6 +66,22 @@ def reference_states(model, batch) -> list[torch.Tensor]:
     return [h.double() for h in out.hidden_states[:-1]] + [captured[0].double()]
 
 
+def reference_minibatches(states, mask, size: int, window: int, seed: int = 0) -> list[list[torch.Tensor]]:
+    """CKA minibatches as documented: the valid tokens in reading order, in windows of `window` tokens
+    (a multiple of `size`), each permuted by randperm(its length, seed) and cut into runs of `size`;
+    runs under 4 tokens dropped."""
+    tokens = [h[mask.bool()] for h in states]
+    n = tokens[0].shape[0]
+    groups = []
+    for start in range(0, n, window):
+        length = min(window, n - start)
+        order = torch.randperm(length, generator=torch.Generator().manual_seed(seed)) + start
+        for i in range(0, length, size):
+            if len(order[i : i + size]) >= 4:
+                groups.append([t[order[i : i + size]] for t in tokens])
+    return groups
+
+
 def reference_bi_angular(states, mask):
     valid = mask.bool()
     vecs = [h[valid] for h in states]
@@ -84,7 +100,7 @@ def reference_bi_angular(states, mask):
 @pytest.mark.parametrize("build", [tiny_bert, tiny_llama])
 def test_bi_angular_cka_equal_direct_computation_with_padding(build) -> None:
     model, batch = build(), padded_batch()
-    stats = collect_stats(model, [batch], metrics=ALL, progress=False)
+    stats = collect_stats(model, [batch], metrics=ALL, cka_minibatch=6, cka_window=12, seed=3, progress=False)
     scores = stats.scores()
     states = reference_states(model, batch)
     bi, ang = reference_bi_angular(states, batch["attention_mask"])
@@ -92,12 +108,12 @@ def test_bi_angular_cka_equal_direct_computation_with_padding(build) -> None:
     assert stats.num_sequences == 5
     assert torch.allclose(scores["bi"], bi, atol=1e-5)
     assert torch.allclose(scores["angular"], ang, atol=2e-4)
-    # CKA: each sequence with >= 4 valid tokens is one minibatch (lengths 11, 7, 9, 5; 3 is skipped).
-    mask = batch["attention_mask"].bool()
-    groups = [[h[row][mask[row]] for h in states] for row in range(5) if mask[row].sum() >= 4]
+    # CKA: 35 tokens in windows of 12, 12 and 11 (the last incomplete), each shuffled and cut into
+    # minibatches of 6: 2 + 2 + 2 (6 and 5 tokens).
+    groups = reference_minibatches(states, batch["attention_mask"], 6, 12, seed=3)
+    assert len(groups) == 6 and stats.sums["hsic_groups"].item() == 6
     cka = reference_cka(groups)
     cka.fill_diagonal_(1.0)
-    assert stats.sums["hsic_groups"].item() == 4
     assert torch.allclose(scores["cka"], cka, atol=1e-4)
     assert torch.allclose(scores["cka_io"], torch.diagonal(cka, offset=1), atol=1e-4)
 
@@ -147,10 +163,11 @@ def split(batch: dict[str, torch.Tensor], sizes: list[int]) -> list[dict[str, to
 @pytest.mark.parametrize("mode", ["tokens", "mean"])
 def test_one_batch_equals_many(mode: str) -> None:
     model, batch = tiny_llama(), padded_batch(3)
-    one = collect_stats(model, [batch], metrics=ALL, token_mode=mode, group_size=4, progress=False)
-    many = collect_stats(
-        model, split(batch, [2, 1, 2]), metrics=ALL, token_mode=mode, group_size=4, progress=False
-    )
+    # Windows of 8 tokens (minibatches of 4) that straddle the batch boundaries in "tokens" mode.
+    options = {"metrics": ALL, "token_mode": mode, "group_size": 4, "cka_minibatch": 4, "cka_window": 8}
+    one = collect_stats(model, [batch], progress=False, **options)
+    many = collect_stats(model, split(batch, [2, 1, 2]), progress=False, **options)
+    assert one.sums["hsic_groups"].item() == (8 if mode == "tokens" else 1)
     assert one.num_tokens == many.num_tokens
     for name, value in one.scores().items():
         assert torch.allclose(value, many.scores()[name], atol=1e-5), name
@@ -189,7 +206,9 @@ def test_skip_tokens_leaves_out_each_sequences_first_tokens(padding: str) -> Non
     model, batch = tiny_llama(), padded_batch()
     if padding == "left":
         batch = left_padded(batch)
-    stats = collect_stats(model, [batch], metrics=ALL, skip_tokens=2, progress=False)
+    stats = collect_stats(
+        model, [batch], metrics=ALL, skip_tokens=2, cka_minibatch=6, cka_window=12, progress=False
+    )
     # By hand: per row, drop the first two positions that hold a real token.
     kept = batch["attention_mask"].bool().clone()
     for row in range(kept.shape[0]):
@@ -201,9 +220,9 @@ def test_skip_tokens_leaves_out_each_sequences_first_tokens(padding: str) -> Non
     scores = stats.scores()
     assert torch.allclose(scores["bi"], bi, atol=1e-5)
     assert torch.allclose(scores["angular"], ang, atol=2e-4)
-    # Rows keep 9, 5, 1, 7, 3 tokens: three CKA minibatches of >= 4 samples.
-    groups = [[h[row][kept[row]] for h in states] for row in range(5) if kept[row].sum() >= 4]
-    assert len(groups) == 3 and stats.sums["hsic_groups"].item() == 3
+    # Rows keep 9, 5, 1, 7, 3 tokens: 25 tokens, windows of 12, 12 and 1: four CKA minibatches of 6.
+    groups = reference_minibatches(states, kept, 6, 12)
+    assert len(groups) == 4 and stats.sums["hsic_groups"].item() == 4
     cka = reference_cka(groups)
     cka.fill_diagonal_(1.0)
     assert torch.allclose(scores["cka"], cka, atol=1e-4)
@@ -258,6 +277,8 @@ def test_layer_stats_save_load_roundtrip(tmp_path) -> None:
         ({"max_tokens": 0}, "max_tokens must be a positive"),
         ({"group_size": 2}, "group_size must be at least 4"),
         ({"skip_tokens": -1}, "skip_tokens must be a whole number"),
+        ({"cka_minibatch": 3}, "cka_minibatch must be at least 4"),
+        ({"cka_minibatch": 64, "cka_window": 32}, "pass e.g. cka_window=1024"),
     ],
 )
 def test_bad_options_raise_collect_error(kwargs, match) -> None:

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     option(
         "--skip-tokens", "skip_tokens", type=value_parser("skip_tokens", fields["skip_tokens"]), metavar="N"
     )
+    for flag, name in (("--cka-minibatch", "cka_minibatch"), ("--cka-window", "cka_window")):
+        option(flag, name, type=value_parser(name, fields[name]), metavar="N")
     option("--text-column", "text_column", metavar="NAME")
     option("--block-path", "block_path", metavar="PATH")
     option("--device", "device")
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "max_tokens": args.max_tokens,
         "skip_tokens": args.skip_tokens,
+        "cka_minibatch": args.cka_minibatch,
+        "cka_window": args.cka_window,
         "seed": args.seed,
     }
     if accelerator is not None:
@@ -164,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         eps=args.eps,
         token_mode=args.token_mode,
         skip_tokens=args.skip_tokens,
+        cka_minibatch=args.cka_minibatch,
+        cka_window=args.cka_window,
+        seed=args.seed,
         max_tokens=args.max_tokens,
         accelerator=accelerator,
         state_path=args.state,

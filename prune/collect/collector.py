@@ -3,7 +3,8 @@
 One forward pass per batch: a pre-hook on block 0 captures its input (h_0) and a hook on each block
 its output (h_{l+1}); the hook on the last block then stops the forward pass, since nothing after it
 (final norm, LM head, loss) is needed. The hidden states of one batch are reduced to running sums and
-dropped before the next batch, so memory does not grow with the number of tokens.
+dropped before the next batch, except the tokens CKA buffers until they fill a window of W tokens
+(`prune.collect.minibatches`); memory is bounded by the batch and the window, not the number of tokens.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
+from prune.collect.minibatches import MinibatchStream
 from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
 from prune.errors import AnatomyError
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
 from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
+from prune.options import CKA_MINIBATCH, CKA_WINDOW
 
 TokenMode = Literal["tokens", "mean", "last"]
 
@@ -117,7 +120,13 @@ def _fingerprint(model: nn.Module, num_blocks: int) -> str:
 
 
 def _validate(
-    metrics: Sequence[str], token_mode: str, max_tokens: int | None, group_size: int, skip_tokens: int
+    metrics: Sequence[str],
+    token_mode: str,
+    max_tokens: int | None,
+    group_size: int,
+    skip_tokens: int,
+    cka_minibatch: int,
+    cka_window: int,
 ) -> tuple[str, ...]:
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -142,6 +151,15 @@ def _validate(
         raise CollectError(
             f"group_size must be at least {MIN_GROUP} sequences, got {group_size}; pass e.g. 64"
         )
+    if cka_minibatch < MIN_GROUP:
+        raise CollectError(
+            f"cka_minibatch must be at least {MIN_GROUP} tokens, got {cka_minibatch}; pass e.g. {CKA_MINIBATCH}"
+        )
+    if cka_window < cka_minibatch:
+        raise CollectError(
+            f"cka_window ({cka_window} tokens) must hold at least one minibatch of cka_minibatch "
+            f"({cka_minibatch}) tokens; pass e.g. cka_window={16 * cka_minibatch}"
+        )
     return names
 
 
@@ -158,6 +176,9 @@ def collect_stats(
     state_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     group_size: int = 64,
+    cka_minibatch: int = CKA_MINIBATCH,
+    cka_window: int = CKA_WINDOW,
+    seed: int = 0,
     save_every: int = 50,
 ) -> LayerStats:
     """Run calibration batches through `model` and accumulate the running sums the metrics need.
@@ -168,11 +189,16 @@ def collect_stats(
 
     Data parallel: with an ``accelerate.Accelerator`` of N processes, give each process its own shard of
     the batches (e.g. ``batches[accelerator.process_index::accelerator.num_processes]``); the sums are
-    summed over processes at the end, so every process returns the same totals. In "tokens" mode these
-    equal a one-process run on all the batches. In "mean"/"last" mode CKA minibatches are G =
-    `group_size` consecutive sequences of each process's own stream (buffered across batches, the last
-    incomplete group used when it has >= 4 sequences), so they match a one-process run only when each
-    shard is a run of consecutive sequences whose length is a multiple of G.
+    summed over processes at the end, so every process returns the same totals. Block influence and
+    angular distance equal a one-process run on all the batches however they are sharded. CKA
+    minibatches are cut from each process's own stream of samples (`prune.collect.minibatches`): in
+    "tokens" mode each window of W = `cka_window` valid tokens is shuffled by the same seeded
+    permutation and cut into minibatches of m = `cka_minibatch` tokens; in "mean"/"last" mode they are
+    G = `group_size` consecutive sequences. CKA sums therefore equal a one-process run exactly when
+    every process's shard is a run of whole windows of the one-process stream (its valid tokens, or
+    sequences, a multiple of W, or G, except on the process holding the stream's end), e.g. packed
+    batches of W tokens (or G sequences) dealt round-robin; otherwise they are the same estimator on
+    a differently cut sample, equal up to its noise. Batch sizes and resuming never change the sums.
 
     Args:
         model: A transformers model or any nn.Module; dict batches run as ``model(**batch)``, tensor
@@ -185,8 +211,8 @@ def collect_stats(
         max_tokens: Token budget: exactly this many valid tokens are used (the batch that crosses it
             contributes only its first tokens, in reading order); with N processes each process takes
             its share, max_tokens // N (the first max_tokens % N processes one more).
-        token_mode: "tokens" (every valid token is a sample; each sequence is one CKA minibatch, those
-            under 4 valid tokens skipped for CKA), "mean" or "last" (one pooled vector per sequence).
+        token_mode: "tokens" (every valid token is a sample; CKA minibatches are tokens drawn across
+            sequences), "mean" or "last" (one pooled vector per sequence).
         skip_tokens: Leave the first `skip_tokens` valid tokens of every sequence out of all statistics
             (and of the budget). Many LLMs park massive activations on the first token (an attention
             sink: a few dimensions far larger than the rest, carried through many blocks); linear CKA
@@ -197,6 +223,12 @@ def collect_stats(
             path and the same batches skips the consumed batches and continues.
         progress: Show a progress bar (main process only).
         group_size: G, sequences per CKA minibatch in "mean"/"last" mode.
+        cka_minibatch: m, tokens per CKA minibatch in "tokens" mode (the Gram matrices cost
+            (L+1) m^2 floats; the last minibatch of the data counts when it has >= 4 tokens).
+        cka_window: W, valid tokens shuffled together before they are cut into minibatches (rounded
+            down to a multiple of m); the collector buffers up to W tokens of all L+1 hidden states
+            in the model's dtype.
+        seed: Seed of the permutation that cuts each window into minibatches.
         save_every: Batches between two saves of `state_path`.
 
     Returns:
@@ -206,7 +238,7 @@ def collect_stats(
         >>> stats = collect_stats(model, batches, metrics=["bi", "angular", "cka"])  # doctest: +SKIP
         >>> stats.scores()["bi"]  # doctest: +SKIP
     """
-    names = _validate(metrics, token_mode, max_tokens, group_size, skip_tokens)
+    names = _validate(metrics, token_mode, max_tokens, group_size, skip_tokens, cka_minibatch, cka_window)
     if anatomy is None:
         from prune.anatomy import get_anatomy
 
@@ -222,12 +254,23 @@ def collect_stats(
     world = accelerator.num_processes if accelerator is not None else 1
     device = accelerator.device if accelerator is not None else _input_device(model)
     budget = None if max_tokens is None else max_tokens // world + (1 if rank < max_tokens % world else 0)
+    tokens = token_mode == "tokens"
+    needs_groups = any(name in totals for name in GROUP_SUMS)
+    if tokens:
+        stream = MinibatchStream(cka_minibatch, cka_window, seed)
+    else:
+        stream = MinibatchStream(group_size, group_size, None)
     fingerprint = {
         "model": _fingerprint(model, num_blocks),
         "num_blocks": num_blocks,
         "metrics": sorted(names),
         "token_mode": token_mode,
-        "group_size": group_size if token_mode != "tokens" else None,
+        "group_size": None if tokens else group_size,
+        # Fixed by the fingerprint: a state file of the per-sequence minibatches (before these keys)
+        # or of another cut must not be continued with this one.
+        "cka_minibatch": stream.size if tokens and needs_groups else None,
+        "cka_window": stream.window if tokens and needs_groups else None,
+        "cka_seed": seed if tokens and needs_groups else None,
         "max_tokens": max_tokens,
         "skip_tokens": skip_tokens,
         "num_processes": world,
@@ -235,9 +278,9 @@ def collect_stats(
     state_file = None
     if state_path is not None:
         state_file = f"{os.fspath(state_path)}.rank{rank}" if world > 1 else os.fspath(state_path)
-    consumed, buffer = 0, None
+    consumed = 0
     if state_file is not None and os.path.exists(state_file):
-        consumed, buffer = _resume(state_file, fingerprint, totals)
+        consumed, stream.pending = _resume(state_file, fingerprint, totals)
 
     def save_state() -> None:
         if state_file is not None:
@@ -247,7 +290,7 @@ def collect_stats(
                     "fingerprint": fingerprint,
                     "batches": consumed,
                     "sums": totals,
-                    "buffer": None if buffer is None else buffer.cpu(),
+                    "buffer": None if stream.pending is None else stream.pending.cpu(),
                 },
                 state_file,
             )
@@ -258,8 +301,8 @@ def collect_stats(
     bar = _progress_bar(batches, progress and (accelerator is None or accelerator.is_main_process), consumed)
     consistent = True
     try:
-        # no_grad, not inference_mode: pooled-mode buffers made here outlive the call (state file, later
-        # batches) and inference tensors refuse in-place updates outside inference mode.
+        # no_grad, not inference_mode: the minibatch buffer made here outlives the call (state file,
+        # later batches) and inference tensors refuse in-place updates outside inference mode.
         with torch.no_grad():
             for index, batch in enumerate(batches):
                 if index < consumed:
@@ -278,9 +321,9 @@ def collect_stats(
                 mask = valid_mask(batch, states[0], remaining, skip_tokens)
                 samples = Samples(states, mask, token_mode)
                 del states  # `samples` releases them once stacked
-                if token_mode != "tokens" and any(name in totals for name in GROUP_SUMS):
-                    buffer, samples.pooled_groups = _fill_groups(buffer, samples.vectors, group_size)
                 consistent = False
+                if needs_groups:
+                    stream.add(samples.rows, lambda cut: _add_minibatches(totals, cut, token_mode))
                 for name in sum_names:
                     SUMS.get(name).update(totals[name], samples)
                 consumed, consistent = index + 1, True
@@ -300,12 +343,9 @@ def collect_stats(
             bar.close()
     save_state()
     result = {name: total.clone() for name, total in totals.items()}
-    if buffer is not None and buffer.shape[1] >= MIN_GROUP:
-        # The last incomplete group still is a valid minibatch; the state file keeps it pending.
-        flush = Samples([], torch.zeros(0, 0, dtype=torch.bool), token_mode, [buffer])
-        for name in sum_names:
-            if name in GROUP_SUMS:
-                SUMS.get(name).update(result[name], flush)
+    if needs_groups:
+        # The last incomplete window still gives minibatches; the state file keeps it pending.
+        stream.flush(lambda cut: _add_minibatches(result, cut, token_mode))
     if world > 1:
         result = {
             name: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
@@ -318,19 +358,18 @@ def collect_stats(
         "max_tokens": max_tokens,
         "skip_tokens": skip_tokens,
         "group_size": group_size,
+        "cka_minibatch": fingerprint["cka_minibatch"],
+        "cka_window": fingerprint["cka_window"],
     }
     return LayerStats(num_blocks=num_blocks, metrics=names, sums=result, token_mode=token_mode, info=info)
 
 
-def _fill_groups(
-    buffer: Tensor | None, vectors: Tensor, group_size: int
-) -> tuple[Tensor | None, list[Tensor]]:
-    """Append pooled vectors [S, n, d] to the pending ones and cut off complete groups of G."""
-    pending = vectors if buffer is None else torch.cat([buffer.to(vectors.device), vectors], dim=1)
-    full = pending.shape[1] // group_size
-    groups = [pending[:, i * group_size : (i + 1) * group_size] for i in range(full)]
-    rest = pending[:, full * group_size :].clone()
-    return (rest if rest.shape[1] else None), groups
+def _add_minibatches(totals: dict[str, Tensor], minibatches: Any, token_mode: str) -> None:
+    """Add CKA minibatches (one window's) to the sums they feed."""
+    window = Samples([], torch.zeros(0, 0, dtype=torch.bool), token_mode, minibatches)
+    for name in GROUP_SUMS:
+        if name in totals:
+            SUMS.get(name).update(totals[name], window)
 
 
 # Fingerprint keys added after format_version 1: what a state file saved without them meant.

@@ -12,8 +12,8 @@ several sums share (the per-sample cosine matrix) once, on first use.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -37,16 +37,17 @@ class Samples:
         states: S = L+1 tensors [B, T, d] (h_0 = input of block 0, h_{l+1} = output of block l), all on
             one device.
         mask: bool [B, T], True on the tokens that count (padding and tokens past the budget excluded).
-        mode: "tokens" (each valid token is a sample; each sequence is a CKA minibatch) or "mean" /
-            "last" (one pooled vector per sequence is a sample; CKA minibatches are given in
-            `pooled_groups` by the collector, which buffers sequences across batches).
-        pooled_groups: completed CKA minibatches in the pooled modes, each float32 [S, G, d].
+        mode: "tokens" (each valid token is a sample) or "mean" / "last" (one pooled vector per
+            sequence is a sample).
+        minibatches: the CKA minibatches this batch completed, each [S, n, d]: the collector buffers
+            samples across batches and cuts them (`prune.collect.minibatches`), tokens drawn across
+            sequences in "tokens" mode, groups of consecutive sequences in the pooled modes.
     """
 
     states: Sequence[Tensor]
     mask: Tensor
     mode: str = "tokens"
-    pooled_groups: list[Tensor] = field(default_factory=list)
+    minibatches: Collection[Tensor] = ()
 
     @cached_property
     def lengths(self) -> Tensor:
@@ -95,8 +96,9 @@ class Samples:
 
     @property
     def vectors(self) -> Tensor:
-        """float32 [S, n, d]: all samples stacked (a copy; the pooled modes buffer these)."""
-        return torch.stack(self.rows).float()
+        """[S, n, d]: all samples stacked (a copy, which the collector buffers for CKA minibatches);
+        tokens keep the hidden states' dtype, pooled vectors are float32."""
+        return torch.stack(self.rows)
 
     def _stacked(self, start: int, end: int, dim: int) -> Tensor:
         return torch.stack([r[start:end] for r in self.rows], dim=dim).float()
@@ -123,21 +125,12 @@ class Samples:
 
     @property
     def num_groups(self) -> int:
-        """CKA minibatches in this batch."""
-        if self.mode == "tokens":
-            return int((self.lengths >= MIN_GROUP).sum())
-        return len(self.pooled_groups)
+        """CKA minibatches completed by this batch."""
+        return len(self.minibatches)
 
     def groups(self) -> Iterator[Tensor]:
-        """CKA minibatches, [S, n, d] each: the sequences in "tokens" mode, else the pooled groups."""
-        if self.mode != "tokens":
-            yield from self.pooled_groups
-            return
-        # Valid tokens are laid out sequence by sequence in `rows`: one small stack per sequence.
-        ends = self.lengths.cumsum(0).tolist()
-        for length, end in zip(self.lengths.tolist(), ends, strict=True):
-            if length >= MIN_GROUP:
-                yield self._stacked(end - length, end, 0)
+        """The CKA minibatches, [S, n, d] each (see `minibatches`)."""
+        yield from self.minibatches
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,9 @@ def cka_matrix(sums: Mapping[str, Tensor]) -> Tensor:
         >>> cka_matrix({"hsic": acc, "hsic_groups": torch.tensor(1.0)})[0, 1].item()
         1.0
     """
-    check_count(sums["hsic_groups"], "CKA minibatches (sequences with at least 4 valid tokens)")
+    check_count(
+        sums["hsic_groups"], "CKA minibatches (of at least 4 valid tokens, or 4 sequences when pooled)"
+    )
     acc = sums["hsic"].double()
     diag = torch.diagonal(acc).clamp(min=torch.finfo(torch.float64).tiny)
     cka = acc / torch.sqrt(diag[:, None] * diag[None, :])
