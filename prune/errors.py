@@ -37,3 +37,11 @@ class RecipeError(PruneError):
 
 class HubError(PruneError):
     """Pushing to the Hugging Face Hub failed (no token, no network, no permission)."""
+
+
+class NumericalError(PruneError):
+    """Weights or activations hold NaN or inf, so every score and metric would be meaningless."""
+
+
+class OutputError(PruneError):
+    """The output cannot be written (read-only disk, no permission, a mount point, no space)."""

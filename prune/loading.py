@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prune.assets import FIX as ASSETS_FIX
 from prune.assets import cache_dir, package_dir
-from prune.errors import ModelNotFoundError, PruneError
+from prune.errors import DataError, ModelNotFoundError, PruneError
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +89,17 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase | None
     source: ModelSource
     kind: ModelKind
+    tokenizer_problem: str | None = None  # why `tokenizer` is None, in words (for the error that needs one)
+
+    def require_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, or a `DataError` that says why there is none and how to get one."""
+        if self.tokenizer is None:
+            raise DataError(
+                f"{self.source.spec} has no usable tokenizer: {self.tokenizer_problem or 'none was found'}; "
+                "copy the tokenizer files (tokenizer.json, tokenizer_config.json, vocab/merges) of the "
+                "original model into the folder, or save one there with tokenizer.save_pretrained"
+            )
+        return self.tokenizer
 
 
 @cache
@@ -430,20 +441,75 @@ def load_model(
     if device_map is None:
         model.to(dev)
     model.eval()
-    tokenizer = _load_tokenizer(source, kwargs)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=model_kind(model))
+    from prune.finite import check_finite_weights
+
+    check_finite_weights(model, block_path=_block_path(model), name=source.spec)
+    tokenizer, problem = _load_tokenizer(source, kwargs)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, source=source, kind=model_kind(model), tokenizer_problem=problem
+    )
 
 
-def _load_tokenizer(source: ModelSource, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase | None:
+def _block_path(model: Any) -> str | None:
+    """The block list's path, to name the block of a bad weight (None when the blocks cannot be found)."""
+    from prune.anatomy import get_anatomy
+    from prune.errors import AnatomyError
+
+    try:
+        return get_anatomy(model).block_path
+    except AnatomyError:
+        return None
+
+
+# Ordinary words every text tokenizer can spell: a real one gives mostly non-special tokens.
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Prices rose 3% in 2024, said the bank."
+
+
+def tokenizer_problem(tokenizer: Any) -> str | None:
+    """Why `tokenizer` cannot represent real text, or None when it can.
+
+    transformers builds an empty tokenizer (its few special tokens only) for a folder with a config but
+    no tokenizer files; it turns every word into the unknown token, so statistics, perplexity and the saved
+    model would all be built on ``[UNK]``.
+
+    Example:
+        >>> tokenizer_problem(None)
+        'no tokenizer'
+    """
+    if tokenizer is None:
+        return "no tokenizer"
+    try:
+        ids = list(tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    except Exception as exc:  # a broken tokenizer can fail in many ways; all mean the same to the user
+        return f"it fails on plain text ({type(exc).__name__}: {exc})"
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    content = [i for i in ids if i not in special]
+    if not ids or len(content) < len(ids) / 2:
+        size = len(tokenizer) if hasattr(tokenizer, "__len__") else "?"
+        return (
+            f"its vocabulary has {size} tokens and it turns ordinary words into special/unknown tokens "
+            "(transformers builds such an empty tokenizer when the folder has no tokenizer files)"
+        )
+    return None
+
+
+def _load_tokenizer(
+    source: ModelSource, kwargs: dict[str, Any]
+) -> tuple[PreTrainedTokenizerBase | None, str | None]:
+    """The tokenizer, or None and the reason (a model without one still works with the caller's batches)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        # A model without a tokenizer is still usable with batches built by the caller.
         if source.kind == "hub" and not _offline():
             raise _load_error(source, exc) from exc
-        return None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"loading it failed ({first})"
+    problem = tokenizer_problem(tokenizer)
+    if problem is not None:
+        logger.warning("ignoring the tokenizer of %s: %s", source.spec, problem)
+        return None, problem
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; masks hide it
-    return tokenizer
+    return tokenizer, None

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
 from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
+from prune.finite import check_finite_states
 from prune.errors import AnatomyError
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
@@ -276,6 +277,7 @@ def collect_stats(
                 stats_device = states[0].device
                 states = [h.to(stats_device) for h in states]
                 mask = valid_mask(batch, states[0], remaining, skip_tokens)
+                check_finite_states(states, mask, index)  # NaN sums would only surface as NaN scores
                 samples = Samples(states, mask, token_mode)
                 del states  # `samples` releases them once stacked
                 if token_mode != "tokens" and any(name in totals for name in GROUP_SUMS):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from prune.errors import DataError
 from prune.evaluation.metric_loader import aggregate
+from prune.finite import check_finite_logits
 
 
 def encode_stream(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
@@ -141,7 +142,7 @@ def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
         attention_mask=batch["attention_mask"].to(device),
         use_cache=False,
     )
-    return out.logits
+    return check_finite_logits(out.logits, f"{type(model).__name__} on an evaluation batch")
 
 
 @torch.no_grad()
