@@ -76,7 +76,9 @@ def check_finite_states(states: Sequence[torch.Tensor], mask: torch.Tensor | Non
         values = hidden if mask is None or mask.shape != hidden.shape[:2] else hidden[mask.to(hidden.device)]
         if bool(torch.isfinite(values).all()):
             continue
-        where = "the embeddings (input of block 0)" if position == 0 else f"the output of block {position - 1}"
+        where = (
+            "the embeddings (input of block 0)" if position == 0 else f"the output of block {position - 1}"
+        )
         raise NumericalError(
             f"non-finite activations (NaN or inf) first appear in {where} on calibration batch {batch_index}: "
             "the statistics would be NaN; the weights are finite, so the forward pass overflows: run in "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -119,12 +118,43 @@ def list_aliases() -> dict[str, dict]:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    from prune.network import hub_unreachable
+
+    return hub_unreachable()
 
 
 def _suggest(spec: str) -> str:
-    close = difflib.get_close_matches(spec.lower(), list(_aliases()), n=3, cutoff=0.5)
+    names = [name for name in _aliases() if name != spec.lower()]  # never "did you mean" what was typed
+    close = difflib.get_close_matches(spec.lower(), names, n=3, cutoff=0.5)
     return f"did you mean {', '.join(close)}? " if close else ""
+
+
+def offline_aliases() -> list[str]:
+    """The aliases whose offline copy is installed or cached on this machine (they load without a network).
+
+    Example:
+        >>> isinstance(offline_aliases(), list)
+        True
+    """
+    return [name for name, entry in _aliases().items() if _offline_copy(name, name, entry) is not None]
+
+
+def _offline_help(spec: str) -> str:
+    """What works without the Hub: the aliases that resolve offline here, and how to get the others."""
+    from prune.network import offline_reason
+
+    ready = offline_aliases()
+    fetchable = [n for n, e in _aliases().items() if e.get("offline") and n not in ready]
+    parts = [f"the Hub cannot be reached: {offline_reason()}"]
+    parts.append(
+        f"aliases that load offline here: {', '.join(ready)}"
+        if ready
+        else "no alias has an offline copy here"
+    )
+    if fetchable:
+        parts.append(f"run `prune-llm assets` to fetch the offline copies of {', '.join(fetchable)}")
+    parts.append("or pass a local folder or .gguf file")
+    return f"{_suggest(spec)}" + "; ".join(parts)
 
 
 def _offline_copy(spec: str, alias: str, entry: dict) -> ModelSource | None:
@@ -188,7 +218,7 @@ def resolve_model_source(spec: str) -> ModelSource:
         >>> resolve_model_source("bert-base").hub_id
         'google-bert/bert-base-uncased'
     """
-    spec = str(spec).strip()
+    spec = "" if spec is None else str(spec).strip()
     if not spec:
         raise ModelNotFoundError(
             "empty model name; pass an alias (see `prune-llm models`), a folder or a Hub id"
@@ -196,9 +226,15 @@ def resolve_model_source(spec: str) -> ModelSource:
     entry = _aliases().get(spec.lower())
     if entry is not None:
         alias = spec.lower()
-        return _offline_copy(spec, alias, entry) or ModelSource(
-            spec, "hub", entry["hub_id"], None, alias, entry["hub_id"]
-        )
+        local = _offline_copy(spec, alias, entry)
+        if local is not None:
+            return local
+        if _offline() and not _in_hub_cache(entry["hub_id"]):
+            raise ModelNotFoundError(
+                f"alias {alias} ({entry['hub_id']}) has no offline copy on this machine and is not in the Hub "
+                f"cache; {_offline_help(alias)}"
+            )
+        return ModelSource(spec, "hub", entry["hub_id"], None, alias, entry["hub_id"])
     path = Path(spec).expanduser()
     if path.exists():
         return _local_source(spec, path)
@@ -208,11 +244,8 @@ def resolve_model_source(spec: str) -> ModelSource:
     if looks_like_path or not _HUB_ID.match(spec):
         raise ModelNotFoundError(f"{spec} does not exist; {_suggest(spec)}check the path")
     if _offline() and not _in_hub_cache(spec):
-        what = f"Hub id {spec} is" if "/" in spec else f"{spec} is not an alias and"
-        raise ModelNotFoundError(
-            f"{what} not in the local Hub cache, and you are offline; {_suggest(spec)}use an alias "
-            "(`prune-llm models`), a local folder, or set HF_HUB_OFFLINE=0"
-        )
+        what = f"Hub id {spec} is" if "/" in spec else f"{spec} is not an alias, not a local path, and"
+        raise ModelNotFoundError(f"{what} not in the local Hub cache; {_offline_help(spec)}")
     return ModelSource(spec, "hub", spec, None, None, spec)
 
 
@@ -338,6 +371,11 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelNotFoundError:
             f"cannot load {source.spec}: {first}; install the missing package (pip install 'prune-llm[gguf]' "
             "for .gguf files)"
         )
+    if "trust_remote_code" in str(exc):
+        return ModelNotFoundError(
+            f"{source.spec} needs its own modelling code (shipped with the checkpoint) to load; pass "
+            "--trust-remote-code (trust_remote_code=True in Python) if you trust that code"
+        )
     if source.kind != "hub":
         return ModelNotFoundError(
             f"cannot load {source.spec} from {source.location} ({first}); check the path"
@@ -421,6 +459,7 @@ def load_model(
             model, info = auto_cls.from_pretrained(
                 source.location, config=config, output_loading_info=True, **load_kwargs
             )
+            _check_blocks_loaded(model, info.get("missing_keys", ()), source)
             if auto_cls is not transformers.AutoModel and _head_missing(model, info.get("missing_keys", ())):
                 # Sentence-transformers checkpoints declare ...ForMaskedLM but ship no head; a random head
                 # would make head-based scores meaningless, so the backbone is loaded instead.
@@ -450,6 +489,29 @@ def load_model(
     )
 
 
+def _check_blocks_loaded(model: Any, missing_keys: Any, source: ModelSource) -> None:
+    """Refuse a checkpoint whose blocks were not all in the weights file (transformers would fill them with
+    random values and say so only in a warning: every score and metric would then be noise)."""
+    path = _block_path(model)
+    if not path:
+        return
+    missing = sorted(k for k in missing_keys if k.startswith(path + "."))
+    if missing:
+        blocks = sorted(
+            {
+                int(k[len(path) + 1 :].split(".", 1)[0])
+                for k in missing
+                if k[len(path) + 1 :].split(".", 1)[0].isdigit()
+            }
+        )
+        raise ModelNotFoundError(
+            f"{source.spec}: the weights hold no values for {len(missing)} tensors of blocks {blocks} (e.g. "
+            f"{missing[0]}), so transformers would fill them with random numbers; config.json and the weights "
+            "do not match (a config edited to more layers, or weights from another model): fix config.json or "
+            "use the checkpoint's own config"
+        )
+
+
 def _block_path(model: Any) -> str | None:
     """The block list's path, to name the block of a bad weight (None when the blocks cannot be found)."""
     from prune.anatomy import get_anatomy
@@ -461,16 +523,13 @@ def _block_path(model: Any) -> str | None:
         return None
 
 
-# Ordinary words every text tokenizer can spell: a real one gives mostly non-special tokens.
-_PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Prices rose 3% in 2024, said the bank."
-
-
 def tokenizer_problem(tokenizer: Any) -> str | None:
-    """Why `tokenizer` cannot represent real text, or None when it can.
+    """Why `tokenizer` cannot represent text, or None when it can.
 
     transformers builds an empty tokenizer (its few special tokens only) for a folder with a config but
     no tokenizer files; it turns every word into the unknown token, so statistics, perplexity and the saved
-    model would all be built on ``[UNK]``.
+    model would all be built on ``[UNK]``. (Text that a real tokenizer spells mostly as unknown tokens is
+    caught where the text is tokenized: ``prune.data.make_batches``.)
 
     Example:
         >>> tokenizer_problem(None)
@@ -479,16 +538,15 @@ def tokenizer_problem(tokenizer: Any) -> str | None:
     if tokenizer is None:
         return "no tokenizer"
     try:
-        ids = list(tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"])
-    except Exception as exc:  # a broken tokenizer can fail in many ways; all mean the same to the user
-        return f"it fails on plain text ({type(exc).__name__}: {exc})"
+        size = len(tokenizer)
+    except TypeError:
+        return None  # not a Hugging Face tokenizer: the caller knows what it passed
     special = set(getattr(tokenizer, "all_special_ids", None) or ())
-    content = [i for i in ids if i not in special]
-    if not ids or len(content) < len(ids) / 2:
-        size = len(tokenizer) if hasattr(tokenizer, "__len__") else "?"
+    if size <= len(special):
         return (
-            f"its vocabulary has {size} tokens and it turns ordinary words into special/unknown tokens "
-            "(transformers builds such an empty tokenizer when the folder has no tokenizer files)"
+            f"its vocabulary has {size} tokens, all special ones ({', '.join(map(str, tokenizer.all_special_tokens))}), "
+            "so every word becomes the unknown token (transformers builds such an empty tokenizer when the "
+            "folder has no tokenizer files)"
         )
     return None
 

@@ -46,7 +46,13 @@ def test_check_output_dir_refuses_non_empty_without_force(tmp_path):
 def test_force_replaces_only_a_folder_prune_llm_wrote(tmp_path):
     ours = tmp_path / "ours"
     ours.mkdir()
-    for name in ("prune_report.json", "prune_report.md", "model.safetensors", "config.json", "block_scores.png"):
+    for name in (
+        "prune_report.json",
+        "prune_report.md",
+        "model.safetensors",
+        "config.json",
+        "block_scores.png",
+    ):
         (ours / name).write_text("x")
     assert check_output_dir(ours, force=True) == ours
     # A user's folder (the README once wrote `--out pruned/`, the parent of earlier outputs) is refused.
@@ -232,7 +238,10 @@ def test_failure_while_renaming_into_place_removes_what_the_run_created(tmp_path
         return real_rename(src, dst)
 
     monkeypatch.setattr(output.os, "rename", failing_rename)
-    with pytest.raises(OutputError, match="Read-only file system"), atomic_output_dir(out, force=False) as tmp:
+    with (
+        pytest.raises(OutputError, match="Read-only file system"),
+        atomic_output_dir(out, force=False) as tmp,
+    ):
         (tmp / "model.safetensors").write_bytes(b"x")
     assert not (tmp_path / "a").exists()  # the temporary model and the parents this run made are gone
 

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
 from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
-from prune.finite import check_finite_states
 from prune.errors import AnatomyError
+from prune.finite import check_finite_states
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
 from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
