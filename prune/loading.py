@@ -364,8 +364,21 @@ def _head_missing(model: Any, missing_keys: Any) -> bool:
     return any(not prefix or not key.startswith(prefix + ".") for key in missing_keys)
 
 
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+
+    class _SafetensorError(Exception):  # type: ignore[no-redef]
+        """Stand-in: nothing raises it."""
+
+
 def _load_error(source: ModelSource, exc: Exception) -> ModelNotFoundError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (_SafetensorError, struct.error)):
+        return ModelNotFoundError(
+            f"cannot load {source.spec}: a weights file is truncated or corrupt ({first}); copy or download "
+            "it again"
+        )
     if isinstance(exc, ImportError):
         return ModelNotFoundError(
             f"cannot load {source.spec}: {first}; install the missing package (pip install 'prune-llm[gguf]' "
@@ -470,7 +483,8 @@ def load_model(
                 )
                 del model
                 model = transformers.AutoModel.from_pretrained(source.location, config=config, **load_kwargs)
-    except (OSError, ValueError, KeyError, ImportError, struct.error) as exc:  # struct: truncated GGUF
+    except (OSError, ValueError, KeyError, ImportError, struct.error, _SafetensorError) as exc:
+        # struct: truncated GGUF; SafetensorError: truncated or corrupt .safetensors
         raise _load_error(source, exc) from exc
     finally:
         if bar_was_on:

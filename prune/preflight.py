@@ -67,7 +67,8 @@ def check_out_apart_from_input(out: Path, model_folder: Path) -> None:
         >>> check_out_apart_from_input(Path("/tmp/a"), Path("/tmp/b"))
     """
     out, model_folder = out.expanduser().resolve(), model_folder.expanduser().resolve()
-    if out == model_folder or model_folder in out.parents or out in model_folder.parents:
+    inside = model_folder.is_dir() and model_folder in out.parents  # a .gguf file has nothing inside
+    if out == model_folder or inside or out in model_folder.parents:
         raise OutputError(
             f"--out {out} overlaps the model being pruned ({model_folder}): saving would replace or nest in "
             "the input; choose a folder outside it"
@@ -103,12 +104,14 @@ def preflight(options: Any, *, model_given: bool) -> Checked:
     out = resolve_out(options.out, options.push_to_hub)
     source = None if model_given else resolve_model_source(options.model)
     if out is not None and source is not None and source.kind != "hub":
-        check_out_apart_from_input(Path(out), Path(source.location))
+        given = Path(source.location) / source.gguf_file if source.gguf_file else Path(source.location)
+        check_out_apart_from_input(Path(out), given)
     if out is not None:
         check_output_dir(out, force=options.force)
     else:
         logger.warning("no output folder (out) given: the pruned model is returned but not saved")
     if options.push_to_hub:
+        _check_repo_id(options.push_to_hub)
         _check_hub_token()
     num_blocks = None
     if source is not None:
@@ -123,6 +126,14 @@ def preflight(options: Any, *, model_given: bool) -> Checked:
     texts = {"text_column": options.text_column, "seed": options.seed}
     calib = load_texts(options.calib, purpose="calib", **texts)
     evaluation = load_texts(options.eval, purpose="eval", **texts) if options.eval != "none" else None
+    if evaluation is not None and set(evaluation) <= set(calib):
+        # Named corpora split calib/eval apart; the same file given twice does not.
+        logger.warning(
+            "every evaluation text is also a calibration text (--eval %s, --calib %s): the before/after "
+            "numbers are not on held-out text; pass held-out data with --eval",
+            options.eval,
+            options.calib,
+        )
     return Checked(
         out=Path(out) if out is not None else None,
         source=source,
@@ -130,6 +141,21 @@ def preflight(options: Any, *, model_given: bool) -> Checked:
         calib_texts=calib,
         eval_texts=evaluation,
     )
+
+
+def _check_repo_id(repo_id: str) -> None:
+    """A malformed --push-to-hub would fail only at the upload, after all the work."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from prune.errors import HubError
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise HubError(
+            f"--push-to-hub {repo_id!r} is not a Hub repo id ({first}); pass 'user/name'"
+        ) from None
 
 
 def _check_hub_token() -> None:

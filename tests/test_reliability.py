@@ -475,3 +475,66 @@ def test_umask_is_kept_for_a_real_pruning_output(llama_dir, text_file, tmp_path)
         assert all(oct(p.stat().st_mode & 0o777) == oct(0o644) for p in out.iterdir() if p.is_file())
     finally:
         os.umask(old)
+
+
+# -- more hostile input ---------------------------------------------------------------------------------
+
+
+def test_recipes_validate_names_the_file_once(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\ntarget: 8-layers\nbogus: 1\n")
+    assert main(["recipes", "validate", str(bad)]) == 1
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{bad}: ERROR unknown key 'bogus'") and line.count(str(bad)) == 1
+
+
+def test_truncated_weights_file_is_one_clear_error(tmp_path):
+    folder = Path(_save(_llama(), tmp_path / "m"))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelNotFoundError, match="truncated or corrupt"):
+        prune.load_model(str(folder), device="cpu", progress=False)
+
+
+def test_bad_push_repo_id_is_refused_before_the_work(llama_dir, text_file, tmp_path, no_weights_load):
+    from prune.errors import HubError
+
+    with pytest.raises(HubError, match="is not a Hub repo id"):
+        prune.run_pruning(_options(llama_dir, text_file, tmp_path, push_to_hub="a/b/c"))
+
+
+def test_out_next_to_a_gguf_file_is_not_an_overlap(tmp_path):
+    from prune.preflight import check_out_apart_from_input
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    check_out_apart_from_input(tmp_path / "pruned", gguf)  # a sibling folder is fine
+    with pytest.raises(OutputError, match="overlaps"):
+        check_out_apart_from_input(tmp_path, gguf)  # replacing the folder that holds it is not
+
+
+def test_eval_data_equal_to_calibration_data_is_flagged(llama_dir, text_file, tmp_path, caplog):
+    from prune.preflight import preflight
+
+    with caplog.at_level("WARNING"):
+        preflight(_options(llama_dir, text_file, tmp_path), model_given=False)
+    assert "not on held-out text" in caplog.text
+
+
+def test_reference_with_another_vocabulary_is_refused(text_file):
+    from prune.data import load_texts
+    from prune.evaluation import compare_models
+
+    other = LlamaForCausalLM(LlamaConfig(**{**_llama().config.to_dict(), "vocab_size": 80})).eval()
+    with pytest.raises(DataError, match="do not share a tokenizer"):
+        compare_models(
+            other,
+            _llama(),
+            _tokenizer(),
+            kind="causal-lm",
+            eval_texts=load_texts(text_file, purpose="eval"),
+            seq_len=16,
+            batch_size=2,
+            speed=False,
+            generation=False,
+        )

@@ -117,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     from prune.preflight import check_counted_tokens, check_sequence_options
 
     source = resolve_model_source(args.model)
+    if source.kind != "hub":
+        from prune.preflight import check_out_apart_from_input
+
+        given = Path(source.location) / source.gguf_file if source.gguf_file else Path(source.location)
+        check_out_apart_from_input(out, given)
     facts = read_model_facts(source, trust_remote_code=args.trust_remote_code)
     check_sequence_options(args.seq_len, args.skip_tokens, facts.max_positions)
     texts = load_texts(args.calib, purpose="calib", text_column=args.text_column, seed=args.seed)

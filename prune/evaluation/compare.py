@@ -207,6 +207,13 @@ def _evaluate(
         limit = getattr(getattr(m, "config", None), "max_position_embeddings", None)
         if isinstance(limit, int) and s.seq_len > limit:
             raise DataError(f"seq_len {s.seq_len} exceeds the model's {limit} positions; lower --seq-len")
+    if reference is not None:
+        sizes = [getattr(getattr(m, "config", None), "vocab_size", None) for m in (model, reference)]
+        if None not in sizes and sizes[0] != sizes[1]:
+            raise DataError(
+                f"the model's vocabulary has {sizes[0]} tokens and the reference's {sizes[1]}: they do not share "
+                "a tokenizer, so their outputs cannot be compared; compare a pruned model with its own original"
+            )
     out: dict[str, float] = {}
     ref: dict[str, float] | None = {} if reference is not None else None
     passes: dict[str, list | None] = {"model": None, "reference": None}
