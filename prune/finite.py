@@ -73,8 +73,11 @@ def check_finite_states(states: Sequence[torch.Tensor], mask: torch.Tensor | Non
         >>> check_finite_states([torch.zeros(1, 2, 3)], None, 0)
     """
     for position, hidden in enumerate(states):
-        values = hidden if mask is None or mask.shape != hidden.shape[:2] else hidden[mask.to(hidden.device)]
-        if bool(torch.isfinite(values).all()):
+        # Per token, without copying the counted tokens out (a bool per element, freed at once).
+        finite = torch.isfinite(hidden).all(dim=-1) if hidden.dim() == 3 else torch.isfinite(hidden)
+        if mask is not None and mask.shape == finite.shape:
+            finite = finite | ~mask.to(finite.device)
+        if bool(finite.all()):
             continue
         where = (
             "the embeddings (input of block 0)" if position == 0 else f"the output of block {position - 1}"

@@ -251,11 +251,10 @@ def _evaluate(
             ref.update({"cosine_mean": 1.0, "cosine_min": 1.0})
         if data.split is not None:
             kwargs = {"seq_len": s.probe_seq_len, "batch_size": s.batch_size}
-            wrap = (
-                (lambda label: lambda b: _bar(b, f"probe: {label}", s))
-                if s.progress
-                else (lambda label: None)
-            )
+
+            def wrap(label: str) -> Any:
+                return (lambda batches: _bar(batches, f"probe: {label}", s)) if s.progress else None
+
             out.update(probe.classification_accuracy(model, tokenizer, data.split, wrap=wrap(name), **kwargs))
             if ref is not None:
                 ref.update(
