@@ -126,9 +126,9 @@ def _load_hub(
         from prune.network import offline_reason
 
         raise DataError(
-            f"dataset {spec} would come from the Hub, which cannot be reached ({offline_reason(datasets=True)}); "
-            "pass a local .txt/.csv/.json file or folder, or a named offline corpus: 'default', 'lee' or "
-            "'pang-lee' (run `prune-llm assets` first if they are missing)"
+            f"dataset {spec} would come from the Hub, which cannot be used: {offline_reason(datasets=True)}; "
+            "pass a local .txt/.csv/.json file or folder with --calib/--eval, or a named offline corpus: "
+            "'default', 'lee' or 'pang-lee' (`prune-llm assets` fetches them)"
         )
     for i, split in enumerate(splits):
         try:

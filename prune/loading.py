@@ -145,7 +145,7 @@ def _offline_help(spec: str) -> str:
 
     ready = offline_aliases()
     fetchable = [n for n, e in _aliases().items() if e.get("offline") and n not in ready]
-    parts = [f"the Hub cannot be reached: {offline_reason()}"]
+    parts = [f"the Hub cannot be used: {offline_reason()}"]
     parts.append(
         f"aliases that load offline here: {', '.join(ready)}"
         if ready

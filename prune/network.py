@@ -62,6 +62,7 @@ def hub_unreachable(*, datasets: bool = False) -> bool:
 def offline_reason(*, datasets: bool = False) -> str:
     """Why the Hub is not used, in words, for error messages."""
     if offline_by_env(datasets=datasets):
-        return "HF_HUB_OFFLINE is set" if offline_by_env() else "HF_DATASETS_OFFLINE is set"
+        name = "HF_HUB_OFFLINE" if offline_by_env() else "HF_DATASETS_OFFLINE"
+        return f"you are offline ({name} is set; set {name}=0 to use the Hub)"
     host, _ = _hub_host()
     return f"this machine is offline ({host} cannot be reached)"
