@@ -8,7 +8,7 @@ forward pass (run by the collector per batch), so activations that overflow are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -58,13 +58,16 @@ def check_finite_weights(model: nn.Module, *, block_path: str | None = None, nam
             )
 
 
-def check_finite_states(states: Sequence[torch.Tensor], mask: torch.Tensor | None, batch_index: int) -> None:
+def check_finite_states(
+    states: Sequence[torch.Tensor], mask: torch.Tensor | None, batch_index: int, what: str | None = None
+) -> None:
     """Raise if the hidden states of one forward pass hold NaN or inf at the tokens that count.
 
     Args:
         states: h_0 (input of block 0) then the output of each block, [batch, tokens, features].
         mask: bool [batch, tokens] of the tokens that count (padding may hold anything), or None.
-        batch_index: which calibration batch this is, for the message.
+        batch_index: which batch this is, for the message.
+        what: where the batch comes from, for the message (default: "calibration batch N").
 
     Raises:
         NumericalError: names the first block whose output is non-finite.
@@ -83,17 +86,28 @@ def check_finite_states(states: Sequence[torch.Tensor], mask: torch.Tensor | Non
             "the embeddings (input of block 0)" if position == 0 else f"the output of block {position - 1}"
         )
         raise NumericalError(
-            f"non-finite activations (NaN or inf) first appear in {where} on calibration batch {batch_index}: "
-            "the statistics would be NaN; the weights are finite, so the forward pass overflows: run in "
-            "--dtype float32, or check the model on this text"
+            f"non-finite activations (NaN or inf) first appear in {where} ({what or f'calibration batch {batch_index}'}): "
+            "every score and metric would be NaN; the weights are finite, so the forward pass overflows: run "
+            "in --dtype float32, or check the model on this text"
         )
 
 
-def check_finite_logits(logits: torch.Tensor, what: str) -> Any:
-    """Raise if `logits` hold NaN or inf (an evaluation would report NaN perplexity without an error)."""
-    if not bool(torch.isfinite(logits).all()):
-        raise NumericalError(
-            f"{what} produced non-finite logits (NaN or inf): its metrics would be NaN; run in --dtype "
-            "float32, or check the model's weights"
-        )
-    return logits
+def check_finite_logits(
+    logits: torch.Tensor, what: str, hidden_states: Callable[[], Sequence[torch.Tensor]] | None = None
+) -> Any:
+    """Raise if `logits` hold NaN or inf (an evaluation would report NaN perplexity without an error).
+
+    Args:
+        logits: the output to check.
+        what: the model and batch, for the message.
+        hidden_states: reruns the batch returning every hidden state, to name the first bad block (only
+            called when the logits are bad).
+    """
+    if bool(torch.isfinite(logits).all()):
+        return logits
+    if hidden_states is not None:
+        check_finite_states(hidden_states(), None, 0, what=what)
+    raise NumericalError(
+        f"{what} produced non-finite logits (NaN or inf): its metrics would be NaN; run in --dtype "
+        "float32, or check the model's weights"
+    )

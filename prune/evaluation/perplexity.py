@@ -156,7 +156,13 @@ def _logits(
         torch.cuda.synchronize(device)
     if times is not None:
         times.append(((int(ids.shape[0]), int(ids.shape[1])), time.perf_counter() - start))
-    return check_finite_logits(out.logits, f"{type(model).__name__} on an evaluation batch")
+
+    def hidden_states() -> tuple[torch.Tensor, ...]:
+        return model(
+            input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True
+        ).hidden_states
+
+    return check_finite_logits(out.logits, f"{type(model).__name__}, evaluation batch", hidden_states)
 
 
 @torch.no_grad()
