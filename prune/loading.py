@@ -472,7 +472,9 @@ def load_model(
             model, info = auto_cls.from_pretrained(
                 source.location, config=config, output_loading_info=True, **load_kwargs
             )
-            _check_blocks_loaded(model, info.get("missing_keys", ()), source)
+            from prune.checkpoint import check_blocks_loaded
+
+            check_blocks_loaded(model, info.get("missing_keys", ()), source.spec)
             if auto_cls is not transformers.AutoModel and _head_missing(model, info.get("missing_keys", ())):
                 # Sentence-transformers checkpoints declare ...ForMaskedLM but ship no head; a random head
                 # would make head-based scores meaningless, so the backbone is loaded instead.
@@ -494,75 +496,14 @@ def load_model(
     if device_map is None:
         model.to(dev)
     model.eval()
+    from prune.checkpoint import block_path
     from prune.finite import check_finite_weights
 
-    check_finite_weights(model, block_path=_block_path(model), name=source.spec)
+    check_finite_weights(model, block_path=block_path(model), name=source.spec)
     tokenizer, problem = _load_tokenizer(source, kwargs)
     return LoadedModel(
         model=model, tokenizer=tokenizer, source=source, kind=model_kind(model), tokenizer_problem=problem
     )
-
-
-def _check_blocks_loaded(model: Any, missing_keys: Any, source: ModelSource) -> None:
-    """Refuse a checkpoint whose blocks were not all in the weights file (transformers would fill them with
-    random values and say so only in a warning: every score and metric would then be noise)."""
-    path = _block_path(model)
-    if not path:
-        return
-    missing = sorted(k for k in missing_keys if k.startswith(path + "."))
-    if missing:
-        blocks = sorted(
-            {
-                int(k[len(path) + 1 :].split(".", 1)[0])
-                for k in missing
-                if k[len(path) + 1 :].split(".", 1)[0].isdigit()
-            }
-        )
-        raise ModelNotFoundError(
-            f"{source.spec}: the weights hold no values for {len(missing)} tensors of blocks {blocks} (e.g. "
-            f"{missing[0]}), so transformers would fill them with random numbers; config.json and the weights "
-            "do not match (a config edited to more layers, or weights from another model): fix config.json or "
-            "use the checkpoint's own config"
-        )
-
-
-def _block_path(model: Any) -> str | None:
-    """The block list's path, to name the block of a bad weight (None when the blocks cannot be found)."""
-    from prune.anatomy import get_anatomy
-    from prune.errors import AnatomyError
-
-    try:
-        return get_anatomy(model).block_path
-    except AnatomyError:
-        return None
-
-
-def tokenizer_problem(tokenizer: Any) -> str | None:
-    """Why `tokenizer` cannot represent text, or None when it can.
-
-    transformers builds an empty tokenizer (its few special tokens only) for a folder with a config but
-    no tokenizer files; it turns every word into the unknown token, so statistics, perplexity and the saved
-    model would all be built on ``[UNK]``. (Text that a real tokenizer spells mostly as unknown tokens is
-    caught where the text is tokenized: ``prune.data.make_batches``.)
-
-    Example:
-        >>> tokenizer_problem(None)
-        'no tokenizer'
-    """
-    if tokenizer is None:
-        return "no tokenizer"
-    try:
-        size = len(tokenizer)
-    except TypeError:
-        return None  # not a Hugging Face tokenizer: the caller knows what it passed
-    special = set(getattr(tokenizer, "all_special_ids", None) or ())
-    if size <= len(special):
-        return (
-            f"its vocabulary has {size} tokens, all special ones ({', '.join(map(str, tokenizer.all_special_tokens))}), "
-            "so every word becomes the unknown token (transformers builds such an empty tokenizer when the "
-            "folder has no tokenizer files)"
-        )
-    return None
 
 
 def _load_tokenizer(
@@ -578,6 +519,8 @@ def _load_tokenizer(
             raise _load_error(source, exc) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"loading it failed ({first})"
+    from prune.checkpoint import tokenizer_problem
+
     problem = tokenizer_problem(tokenizer)
     if problem is not None:
         logger.warning("ignoring the tokenizer of %s: %s", source.spec, problem)

@@ -252,8 +252,8 @@ def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike) -> None:
         >>> with atomic_output_dir("pruned", force=False) as tmp:  # doctest: +SKIP
         ...     save_model(model, tokenizer, tmp)
     """
+    from prune.checkpoint import tokenizer_problem
     from prune.errors import DataError
-    from prune.loading import tokenizer_problem
 
     problem = tokenizer_problem(tokenizer) if tokenizer is not None else None
     if problem is not None:  # saved, it would look like the model's own tokenizer to everyone who loads it

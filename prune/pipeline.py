@@ -209,8 +209,8 @@ def _strategy_needs_search(strategy: str) -> bool:
 def _checked_tokenizer(loaded, given: bool):
     """The run's tokenizer: one that can represent real text (an empty one would turn every word into
     [UNK], and be saved with the model), or an error that says why there is none."""
+    from prune.checkpoint import tokenizer_problem
     from prune.errors import DataError
-    from prune.loading import tokenizer_problem
 
     if given:
         problem = tokenizer_problem(loaded.tokenizer)

@@ -103,7 +103,7 @@ def test_folder_without_tokenizer_files_is_refused_and_nothing_saved(tmp_path, t
 def test_empty_tokenizer_is_detected_and_never_saved(tmp_path):
     from transformers import AutoTokenizer
 
-    from prune.loading import tokenizer_problem
+    from prune.checkpoint import tokenizer_problem
     from prune.output import save_model
 
     folder = _save(
