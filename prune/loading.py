@@ -139,7 +139,7 @@ def offline_aliases() -> list[str]:
     return [name for name, entry in _aliases().items() if _offline_copy(name, name, entry) is not None]
 
 
-def _offline_help(spec: str) -> str:
+def _offline_help(spec: str, *, suggest: bool = True) -> str:
     """What works without the Hub: the aliases that resolve offline here, and how to get the others."""
     from prune.network import offline_reason
 
@@ -154,7 +154,7 @@ def _offline_help(spec: str) -> str:
     if fetchable:
         parts.append(f"run `prune-llm assets` to fetch the offline copies of {', '.join(fetchable)}")
     parts.append("or pass a local folder or .gguf file")
-    return f"{_suggest(spec)}" + "; ".join(parts)
+    return (_suggest(spec) if suggest else "") + "; ".join(parts)
 
 
 def _offline_copy(spec: str, alias: str, entry: dict) -> ModelSource | None:
@@ -232,7 +232,7 @@ def resolve_model_source(spec: str) -> ModelSource:
         if _offline() and not _in_hub_cache(entry["hub_id"]):
             raise ModelNotFoundError(
                 f"alias {alias} ({entry['hub_id']}) has no offline copy on this machine and is not in the Hub "
-                f"cache; {_offline_help(alias)}"
+                f"cache; {_offline_help(alias, suggest=False)}"  # a known alias: no "did you mean"
             )
         return ModelSource(spec, "hub", entry["hub_id"], None, alias, entry["hub_id"])
     path = Path(spec).expanduser()
