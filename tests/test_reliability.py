@@ -542,3 +542,11 @@ def test_reference_with_another_vocabulary_is_refused(text_file):
             speed=False,
             generation=False,
         )
+
+
+def test_eval_says_what_it_will_measure(llama_dir, text_file, capsys):
+    argv = ["eval", llama_dir, "--reference", llama_dir, "--data", text_file, "--seq-len", "16"]
+    assert main([*argv, "--no-speed", "--prompts", "2", "--new-tokens", "2", "--samples", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "measuring: perplexity and KL, greedy agreement (2 prompts x 2 tokens), size" in err
+    assert "evaluating perplexity and KL, both models" in err  # and each phase shows its progress
