@@ -12,7 +12,6 @@ Everything is read with `datasets`, so the local and the Hub paths share one cod
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -42,10 +41,9 @@ _TOKENIZE_CHUNK = 256  # texts per tokenizer call while packing; stop as soon as
 
 
 def _offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    from prune.network import hub_unreachable
+
+    return hub_unreachable(datasets=True)
 
 
 def _column(dataset: Any, spec: str, text_column: str | None) -> str:
@@ -83,6 +81,11 @@ def _load_local(path: Path, spec: str, text_column: str | None) -> list[str]:
         raise DataError(
             f"{spec} holds no .txt/.text/.cor/.csv/.json/.jsonl file; pass a file or folder of those, or a Hub dataset"
         )
+    for p in files:
+        _check_utf8(p, spec)
+    # An empty file gives datasets nothing to build a table from (it fails with a generic error): it holds
+    # no text, exactly like a file of blank lines, and gets the same message below.
+    files = [p for p in files if p.stat().st_size > 0]
     texts: list[str] = []
     for builder in dict.fromkeys(_BUILDERS[p.suffix.lower()] for p in files):
         group = [str(p) for p in files if _BUILDERS[p.suffix.lower()] == builder]
@@ -96,6 +99,23 @@ def _load_local(path: Path, spec: str, text_column: str | None) -> list[str]:
     return texts
 
 
+def _check_utf8(path: Path, spec: str) -> None:
+    """Refuse a binary or non-UTF-8 file with the byte that is wrong (datasets only says it failed)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(head) == 1 << 16 and exc.start >= len(head) - 4:  # a character cut by the sample's end
+            return
+        raise DataError(
+            f"{spec}: {path.name} is not UTF-8 text (byte {head[exc.start]:#04x} at offset {exc.start}); "
+            "pass a UTF-8 text file (convert it with iconv) or a .csv/.json file"
+        ) from None
+    if b"\0" in head:
+        raise DataError(f"{spec}: {path.name} holds NUL bytes, so it is not a text file; pass a text file")
+
+
 def _load_hub(
     name: str, config: str | None, splits: tuple[str, ...], spec: str, text_column: str | None
 ) -> list[str]:
@@ -103,9 +123,12 @@ def _load_hub(
     import datasets
 
     if _offline():
+        from prune.network import offline_reason
+
         raise DataError(
-            f"dataset {spec} would come from the Hub but you are offline; pass a local file with --calib/--eval, "
-            f"use 'default' ({ASSETS_FIX} first), or set HF_HUB_OFFLINE=0"
+            f"dataset {spec} would come from the Hub, which cannot be used: {offline_reason(datasets=True)}; "
+            "pass a local .txt/.csv/.json file or folder with --calib/--eval, or a named offline corpus: "
+            "'default', 'lee' or 'pang-lee' (`prune-llm assets` fetches them)"
         )
     for i, split in enumerate(splits):
         try:
@@ -281,7 +304,31 @@ def make_batches(
         )
     if not rows or not any(rows):
         raise DataError("the texts give no tokens; pass calibration data with non-empty texts")
+    check_known_tokens(tokenizer, rows)
     return _rows_to_batches(rows, batch_size, pad_id if pad_id is not None else 0)
+
+
+# Above this share of unknown tokens the statistics describe the unknown token, not the text.
+MAX_UNKNOWN_FRACTION = 0.5
+
+
+def check_known_tokens(tokenizer: Any, rows: list[list[int]]) -> None:
+    """Refuse text that the tokenizer spells mostly as its unknown token (wrong tokenizer, wrong language)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    structural = {
+        getattr(tokenizer, f"{name}_token_id", None) for name in ("eos", "bos", "sep", "cls", "pad")
+    }
+    if unk is None or unk in structural:  # GPT-2 style: the "unknown" id is also the separator
+        return
+    total = sum(len(r) for r in rows)
+    unknown = sum(r.count(unk) for r in rows)
+    if total and unknown / total > MAX_UNKNOWN_FRACTION:
+        raise DataError(
+            f"{unknown} of {total} tokens ({unknown / total:.0%}) are the tokenizer's unknown token "
+            f"{tokenizer.unk_token!r}: this tokenizer cannot represent this text (a tokenizer that does not "
+            "belong to the model, or text in a script it does not cover); pass the model's own tokenizer or "
+            "other text"
+        )
 
 
 def _packed_rows(tokenizer: Any, texts: list[str], seq_len: int, num_samples: int) -> list[list[int]]:

@@ -45,3 +45,11 @@ class FoldError(PruneError):
 
 class BudgetError(PruneError):
     """A budget is malformed, or no model in the search space meets it."""
+
+
+class NumericalError(PruneError):
+    """Weights or activations hold NaN or inf, so every score and metric would be meaningless."""
+
+
+class OutputError(PruneError):
+    """The output cannot be written (read-only disk, no permission, a mount point, no space)."""

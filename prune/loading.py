@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prune.assets import FIX as ASSETS_FIX
 from prune.assets import cache_dir, package_dir
-from prune.errors import ModelNotFoundError, PruneError
+from prune.errors import DataError, ModelNotFoundError, PruneError
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +88,17 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase | None
     source: ModelSource
     kind: ModelKind
+    tokenizer_problem: str | None = None  # why `tokenizer` is None, in words (for the error that needs one)
+
+    def require_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, or a `DataError` that says why there is none and how to get one."""
+        if self.tokenizer is None:
+            raise DataError(
+                f"{self.source.spec} has no usable tokenizer: {self.tokenizer_problem or 'none was found'}; "
+                "copy the tokenizer files (tokenizer.json, tokenizer_config.json, vocab/merges) of the "
+                "original model into the folder, or save one there with tokenizer.save_pretrained"
+            )
+        return self.tokenizer
 
 
 @cache
@@ -108,12 +118,43 @@ def list_aliases() -> dict[str, dict]:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    from prune.network import hub_unreachable
+
+    return hub_unreachable()
 
 
 def _suggest(spec: str) -> str:
-    close = difflib.get_close_matches(spec.lower(), list(_aliases()), n=3, cutoff=0.5)
+    names = [name for name in _aliases() if name != spec.lower()]  # never "did you mean" what was typed
+    close = difflib.get_close_matches(spec.lower(), names, n=3, cutoff=0.5)
     return f"did you mean {', '.join(close)}? " if close else ""
+
+
+def offline_aliases() -> list[str]:
+    """The aliases whose offline copy is installed or cached on this machine (they load without a network).
+
+    Example:
+        >>> isinstance(offline_aliases(), list)
+        True
+    """
+    return [name for name, entry in _aliases().items() if _offline_copy(name, name, entry) is not None]
+
+
+def _offline_help(spec: str, *, suggest: bool = True) -> str:
+    """What works without the Hub: the aliases that resolve offline here, and how to get the others."""
+    from prune.network import offline_reason
+
+    ready = offline_aliases()
+    fetchable = [n for n, e in _aliases().items() if e.get("offline") and n not in ready]
+    parts = [f"the Hub cannot be used: {offline_reason()}"]
+    parts.append(
+        f"aliases that load offline here: {', '.join(ready)}"
+        if ready
+        else "no alias has an offline copy here"
+    )
+    if fetchable:
+        parts.append(f"run `prune-llm assets` to fetch the offline copies of {', '.join(fetchable)}")
+    parts.append("or pass a local folder or .gguf file")
+    return (_suggest(spec) if suggest else "") + "; ".join(parts)
 
 
 def _offline_copy(spec: str, alias: str, entry: dict) -> ModelSource | None:
@@ -177,7 +218,7 @@ def resolve_model_source(spec: str) -> ModelSource:
         >>> resolve_model_source("bert-base").hub_id
         'google-bert/bert-base-uncased'
     """
-    spec = str(spec).strip()
+    spec = "" if spec is None else str(spec).strip()
     if not spec:
         raise ModelNotFoundError(
             "empty model name; pass an alias (see `prune-llm models`), a folder or a Hub id"
@@ -185,9 +226,15 @@ def resolve_model_source(spec: str) -> ModelSource:
     entry = _aliases().get(spec.lower())
     if entry is not None:
         alias = spec.lower()
-        return _offline_copy(spec, alias, entry) or ModelSource(
-            spec, "hub", entry["hub_id"], None, alias, entry["hub_id"]
-        )
+        local = _offline_copy(spec, alias, entry)
+        if local is not None:
+            return local
+        if _offline() and not _in_hub_cache(entry["hub_id"]):
+            raise ModelNotFoundError(
+                f"alias {alias} ({entry['hub_id']}) has no offline copy on this machine and is not in the Hub "
+                f"cache; {_offline_help(alias, suggest=False)}"  # a known alias: no "did you mean"
+            )
+        return ModelSource(spec, "hub", entry["hub_id"], None, alias, entry["hub_id"])
     path = Path(spec).expanduser()
     if path.exists():
         return _local_source(spec, path)
@@ -197,11 +244,8 @@ def resolve_model_source(spec: str) -> ModelSource:
     if looks_like_path or not _HUB_ID.match(spec):
         raise ModelNotFoundError(f"{spec} does not exist; {_suggest(spec)}check the path")
     if _offline() and not _in_hub_cache(spec):
-        what = f"Hub id {spec} is" if "/" in spec else f"{spec} is not an alias and"
-        raise ModelNotFoundError(
-            f"{what} not in the local Hub cache, and you are offline; {_suggest(spec)}use an alias "
-            "(`prune-llm models`), a local folder, or set HF_HUB_OFFLINE=0"
-        )
+        what = f"Hub id {spec} is" if "/" in spec else f"{spec} is not an alias, not a local path, and"
+        raise ModelNotFoundError(f"{what} not in the local Hub cache; {_offline_help(spec)}")
     return ModelSource(spec, "hub", spec, None, None, spec)
 
 
@@ -320,12 +364,30 @@ def _head_missing(model: Any, missing_keys: Any) -> bool:
     return any(not prefix or not key.startswith(prefix + ".") for key in missing_keys)
 
 
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+
+    class _SafetensorError(Exception):  # type: ignore[no-redef]
+        """Stand-in: nothing raises it."""
+
+
 def _load_error(source: ModelSource, exc: Exception) -> ModelNotFoundError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (_SafetensorError, struct.error)):
+        return ModelNotFoundError(
+            f"cannot load {source.spec}: a weights file is truncated or corrupt ({first}); copy or download "
+            "it again"
+        )
     if isinstance(exc, ImportError):
         return ModelNotFoundError(
             f"cannot load {source.spec}: {first}; install the missing package (pip install 'prune-llm[gguf]' "
             "for .gguf files)"
+        )
+    if "trust_remote_code" in str(exc):
+        return ModelNotFoundError(
+            f"{source.spec} needs its own modelling code (shipped with the checkpoint) to load; pass "
+            "--trust-remote-code (trust_remote_code=True in Python) if you trust that code"
         )
     if source.kind != "hub":
         return ModelNotFoundError(
@@ -410,6 +472,9 @@ def load_model(
             model, info = auto_cls.from_pretrained(
                 source.location, config=config, output_loading_info=True, **load_kwargs
             )
+            from prune.checkpoint import check_blocks_loaded
+
+            check_blocks_loaded(model, info.get("missing_keys", ()), source.spec)
             if auto_cls is not transformers.AutoModel and _head_missing(model, info.get("missing_keys", ())):
                 # Sentence-transformers checkpoints declare ...ForMaskedLM but ship no head; a random head
                 # would make head-based scores meaningless, so the backbone is loaded instead.
@@ -420,7 +485,8 @@ def load_model(
                 )
                 del model
                 model = transformers.AutoModel.from_pretrained(source.location, config=config, **load_kwargs)
-    except (OSError, ValueError, KeyError, ImportError, struct.error) as exc:  # struct: truncated GGUF
+    except (OSError, ValueError, KeyError, ImportError, struct.error, _SafetensorError) as exc:
+        # struct: truncated GGUF; SafetensorError: truncated or corrupt .safetensors
         raise _load_error(source, exc) from exc
     finally:
         if bar_was_on:
@@ -430,20 +496,35 @@ def load_model(
     if device_map is None:
         model.to(dev)
     model.eval()
-    tokenizer = _load_tokenizer(source, kwargs)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=model_kind(model))
+    from prune.checkpoint import block_path
+    from prune.finite import check_finite_weights
+
+    check_finite_weights(model, block_path=block_path(model), name=source.spec)
+    tokenizer, problem = _load_tokenizer(source, kwargs)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, source=source, kind=model_kind(model), tokenizer_problem=problem
+    )
 
 
-def _load_tokenizer(source: ModelSource, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase | None:
+def _load_tokenizer(
+    source: ModelSource, kwargs: dict[str, Any]
+) -> tuple[PreTrainedTokenizerBase | None, str | None]:
+    """The tokenizer, or None and the reason (a model without one still works with the caller's batches)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        # A model without a tokenizer is still usable with batches built by the caller.
         if source.kind == "hub" and not _offline():
             raise _load_error(source, exc) from exc
-        return None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"loading it failed ({first})"
+    from prune.checkpoint import tokenizer_problem
+
+    problem = tokenizer_problem(tokenizer)
+    if problem is not None:
+        logger.warning("ignoring the tokenizer of %s: %s", source.spec, problem)
+        return None, problem
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; masks hide it
-    return tokenizer
+    return tokenizer, None

@@ -106,26 +106,19 @@ def run_pruning(
     """
     from prune.anatomy import get_anatomy
     from prune.collect import collect_stats
-    from prune.data import load_texts, make_batches
-    from prune.errors import DataError
+    from prune.data import make_batches
     from prune.loading import load_model
-    from prune.output import check_output_dir
     from prune.plan import parse_target, plan_pruning, required_metrics
+    from prune.preflight import check_counted_tokens, preflight
     from prune.surgery import remove_blocks
 
-    # Everything that can be checked before the expensive work is checked first, so a bad flag
-    # never costs a model load or a calibration pass.
-    out = options.out
-    if options.push_to_hub and not out:
-        # a push always leaves a local copy, so that nothing is lost when the upload fails
-        out = options.push_to_hub.rstrip("/").split("/")[-1]
-    if out:
-        check_output_dir(out, force=options.force)
-    if options.push_to_hub:
-        _check_hub_token()
+    # Everything that can be checked before the expensive work is checked first (target, output,
+    # token, config, all the data), so a bad flag never costs a model load or a calibration pass.
+    checked = preflight(options, model_given=model is not None)
+    out = checked.out
     if model is None:
         loaded = load_model(
-            options.model,
+            checked.source,
             device=options.device,
             dtype=options.dtype,
             trust_remote_code=options.trust_remote_code,
@@ -134,22 +127,19 @@ def run_pruning(
         )
     else:
         loaded = _wrap_model(model, tokenizer, options.model)
-    original, tokenizer = loaded.model, loaded.tokenizer
+    original = loaded.model
     anatomy = get_anatomy(original, options.block_path)
     parse_target(options.target, anatomy.num_blocks)
-    if tokenizer is None:
-        raise DataError(
-            "no tokenizer for this model: pass tokenizer= to run_pruning, or build batches yourself and call "
-            "prune.collect_stats / prune.plan_pruning / prune.remove_blocks"
-        )
+    if model is not None:
+        from prune.finite import check_finite_weights
+
+        check_finite_weights(original, block_path=anatomy.block_path, name=options.model)
+    tokenizer = _checked_tokenizer(loaded, model is not None)
 
     packed = loaded.kind == "causal-lm"
-    calib_texts = load_texts(
-        options.calib, purpose="calib", text_column=options.text_column, seed=options.seed
-    )
     calib_batches = make_batches(
         tokenizer,
-        calib_texts,
+        checked.calib_texts,
         seq_len=options.seq_len,
         batch_size=options.batch_size,
         num_samples=options.calib_samples,
@@ -169,6 +159,7 @@ def run_pruning(
         seed=options.seed,
         progress=progress,
     )
+    check_counted_tokens(stats.num_tokens, options.skip_tokens)
     scores = stats.scores()
 
     search = None
@@ -193,8 +184,10 @@ def run_pruning(
     pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
 
     comparison, eval_info = None, {}
-    if options.eval != "none":
-        comparison, eval_info = _compare(options, original, pruned, tokenizer, loaded.kind)
+    if checked.eval_texts is not None:
+        comparison, eval_info = _compare(
+            options, original, pruned, tokenizer, loaded.kind, checked.eval_texts, progress
+        )
 
     report = _build_report(
         options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
@@ -216,11 +209,27 @@ def _strategy_needs_search(strategy: str) -> bool:
     return bool(getattr(entry, "needs_search", False))
 
 
-def _compare(options: PruneOptions, original, pruned, tokenizer, kind):
-    from prune.data import load_texts
+def _checked_tokenizer(loaded, given: bool):
+    """The run's tokenizer: one that can represent real text (an empty one would turn every word into
+    [UNK], and be saved with the model), or an error that says why there is none."""
+    from prune.checkpoint import tokenizer_problem
+    from prune.errors import DataError
+
+    if given:
+        problem = tokenizer_problem(loaded.tokenizer)
+        if problem is not None:
+            raise DataError(
+                f"the tokenizer passed in cannot be used: {problem}; pass tokenizer= with the model's real "
+                "tokenizer, or build batches yourself and call prune.collect_stats / prune.plan_pruning / "
+                "prune.remove_blocks"
+            )
+        return loaded.tokenizer
+    return loaded.require_tokenizer()
+
+
+def _compare(options: PruneOptions, original, pruned, tokenizer, kind, eval_texts, progress: bool):
     from prune.evaluation import compare_models
 
-    eval_texts = load_texts(options.eval, purpose="eval", text_column=options.text_column, seed=options.seed)
     comparison = compare_models(
         original,
         pruned,
@@ -232,6 +241,7 @@ def _compare(options: PruneOptions, original, pruned, tokenizer, kind):
         num_samples=options.eval_samples,
         probe=options.eval_probe and kind == "encoder",
         seed=options.seed,
+        progress=progress,
     )
     return comparison, {
         "eval": options.eval,
@@ -304,23 +314,23 @@ def _write_plots(result: PruneResult, folder: Path) -> None:
     from prune.errors import PruneError
 
     try:
-        plot_block_scores(result.scores, folder / "block_scores.png", removed=list(result.plan.drop))
+        name = result.report["model"]["spec"]
+        plot_block_scores(
+            result.scores,
+            folder / "block_scores.png",
+            removed=list(result.plan.drop),
+            title=f"{name}: per-block scores (removed blocks marked)",
+        )
         if result.comparison is not None:
-            plot_before_after(result.comparison.before, result.comparison.after, folder / "before_after.png")
+            plot_before_after(
+                result.comparison.before,
+                result.comparison.after,
+                folder / "before_after.png",
+                title=f"{name}: before and after pruning",
+                labels=("original", "pruned"),
+            )
     except PruneError as err:  # matplotlib missing: the model and report still count
         logger.warning("plots skipped: %s", err)
-
-
-def _check_hub_token() -> None:
-    """Fail before any work when a push is asked for but no token is there to make it."""
-    import huggingface_hub
-
-    from prune.errors import HubError
-
-    if not huggingface_hub.get_token():
-        raise HubError(
-            "--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (nothing was done)"
-        )
 
 
 def _push(result: PruneResult, options: PruneOptions, source) -> str:

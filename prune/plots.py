@@ -1,6 +1,6 @@
 """Figures of a redundancy analysis and of a before/after comparison, written as PNG files.
 
-matplotlib is an optional extra (`pip install prune-llm[plots]`). It is imported inside each function and
+matplotlib is a dependency (drawing is optional: `--no-plots`). It is imported inside each function and
 drives a `Figure` on the Agg canvas directly, never pyplot, so that plotting touches no global backend
 state and works on headless machines and in threads.
 """
@@ -24,7 +24,7 @@ def _figure(width: float, height: float) -> Any:
         from matplotlib.figure import Figure
     except ImportError:
         raise PruneError(
-            "plots need matplotlib, which is not installed; run `pip install prune-llm[plots]`"
+            "plots need matplotlib, which is not installed; run `pip install matplotlib`"
         ) from None
     figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)
@@ -220,7 +220,11 @@ def plot_before_after(
         >>> plot_before_after({"perplexity": 18.2, "params_m": 134.5},
         ...                   {"perplexity": 21.2, "params_m": 130.0}, "before_after.png")  # doctest: +SKIP
     """
-    names = [name for name in before if name in after and _number(before[name]) and _number(after[name])]
+    names = [
+        name
+        for name in before
+        if name in after and name not in _NOT_PLOTTED and _number(before[name]) and _number(after[name])
+    ]
     if not names:
         raise PruneError("before and after share no numeric metric; pass the dicts of one comparison")
     pairs = [(float(before[n]), float(after[n])) for n in names]
@@ -233,7 +237,15 @@ def plot_before_after(
         heights = [value / (max(abs(a), abs(b)) or 1.0) for value, (a, b) in zip(raw, pairs, strict=True)]
         bars = axes.bar(xs, heights, width, label=label, color=colour)
         axes.bar_label(bars, labels=[_short(v) for v in raw], fontsize="x-small", padding=2)
-    axes.set_xticks(range(len(names)), names, rotation=20 if len(names) > 4 else 0)
+    ticks = [f"{name}\n({_direction(name)})" if _direction(name) else name for name in names]
+    crowded = len(names) > 4
+    axes.set_xticks(
+        range(len(names)),
+        ticks,
+        rotation=35 if crowded else 0,
+        ha="right" if crowded else "center",
+        fontsize="small",
+    )
     low = min(0.0, *(v / (max(abs(a), abs(b)) or 1.0) for a, b in pairs for v in (a, b)))
     axes.set_ylim(low * 1.15, 1.3)
     axes.axhline(0, color="black", linewidth=0.8)
@@ -242,6 +254,29 @@ def plot_before_after(
     if title:
         axes.set_title(title)
     return _save(figure, path)
+
+
+# Counts that are the same for both models by construction (the protocol's, not the model's).
+_NOT_PLOTTED = frozenset({"num_tokens"})
+_LOWER_IS_BETTER = (
+    "perplexity",
+    "mean_nll",
+    "kl_divergence",
+    "latency_ms",
+    "peak_memory_mb",
+    "size_mb",
+    "parameters",
+)
+_HIGHER_IS_BETTER = ("token_agreement", "exact_match", "tokens_per_s", "accuracy", "cosine")
+
+
+def _direction(name: str) -> str:
+    """'lower is better', 'higher is better' or '' for a metric name, for the axis labels."""
+    if any(name.startswith(key) for key in _LOWER_IS_BETTER):
+        return "lower is better"
+    if any(key in name for key in _HIGHER_IS_BETTER):
+        return "higher is better"
+    return ""
 
 
 def _number(value: Any) -> bool:

@@ -154,7 +154,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += _table(["metric", "before", "after", "delta"], rows)
         protocol = evaluation.get("protocol")
         if protocol:
-            lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in protocol.items())]
+            # One bullet per part: the protocol is long (each part states its own method), and one
+            # paragraph of it is unreadable.
+            lines += ["", "Protocol:", "", *(f"- **{k}**: {v}" for k, v in protocol.items())]
     scores = report.get("scores") or {}
     per_block = {k: v for k, v in scores.items() if isinstance(v, list) and v and not isinstance(v[0], list)}
     if per_block:

@@ -140,6 +140,7 @@ def test_eval_encoder_with_a_probe(tmp_path, text_file, capsys):
         text_file,
         "--json",
         "--no-speed",
+        "--probe",
         "--probe-data",
         str(labelled),
         "--probe-train",
@@ -164,7 +165,7 @@ def test_bad_flags_fail_with_one_line_and_status_2(tiny_llama_dirs, text_file, c
     assert main(["eval", original, "--data", text_file, "--lm-eval", "arc_easy"]) == 2
     assert "pip install prune-llm[lm-eval]" in capsys.readouterr().err
     assert main(["eval", original, "--data", text_file, "--seq-len", "4096", "--no-speed"]) == 2
-    assert "lower --seq-len" in capsys.readouterr().err
+    assert "pass --seq-len 2048 or less" in capsys.readouterr().err  # from the config, before loading
 
 
 @pytest.mark.slow
@@ -182,6 +183,7 @@ def test_eval_minilm_json(capsys):
         "128",
         "--repeats",
         "2",
+        "--probe",
         "--probe-train",
         "500",
         "--probe-test",

@@ -99,6 +99,12 @@ def test_alias_with_gguf_package_resolves_without_importing_it():
 
 def test_cache_alias_uses_cached_folder_else_the_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("PRUNE_LLM_CACHE", str(tmp_path))
+    with pytest.raises(
+        ModelNotFoundError, match="prune-llm assets` to fetch the offline copies of mpnet-base"
+    ):
+        resolve_model_source("mpnet-base")  # offline, not fetched: says how to get it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("prune.network._probe_failed", lambda: False)  # online: the Hub id
     assert resolve_model_source("mpnet-base") == ModelSource(
         "mpnet-base",
         "hub",
@@ -127,16 +133,16 @@ def test_hub_id_offline_gives_the_clear_error(monkeypatch):
 
 def test_hub_id_online_resolves_without_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("prune.network._probe_failed", lambda: False)  # the Hub is reachable
     assert resolve_model_source("Qwen/Qwen2.5-7B") == ModelSource(
         "Qwen/Qwen2.5-7B", "hub", "Qwen/Qwen2.5-7B", None, None, "Qwen/Qwen2.5-7B"
     )
 
 
-def test_alias_without_offline_copy_fails_at_load_when_offline(monkeypatch):
+def test_alias_without_offline_copy_fails_at_once_when_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert resolve_model_source("bert-base").kind == "hub"
     with pytest.raises(
-        ModelNotFoundError, match=r"you are offline; set HF_HUB_OFFLINE=0 or use a local folder"
+        ModelNotFoundError, match=r"bert-base .*has no offline copy.*you are offline.*HF_HUB_OFFLINE=0"
     ):
         load_model("bert-base", device="cpu")
 

@@ -104,11 +104,11 @@ def test_before_after_rejects_nothing_to_compare(tmp_path):
         plot_before_after({"a": float("nan")}, {"a": 1.0}, tmp_path / "x.png")
 
 
-def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
+def test_missing_matplotlib_names_the_fix(tmp_path, monkeypatch):
     # A None entry in sys.modules makes `import matplotlib...` raise ImportError, as if not installed.
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(PruneError, match=r"pip install prune-llm\[plots\]"):
+    with pytest.raises(PruneError, match=r"pip install matplotlib"):
         plot_cka_heatmap(_cka(3), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

@@ -333,10 +333,13 @@ def test_run_calls_the_pipeline_with_the_resolved_options(monkeypatch, capsys):
     # the pipeline is the lead's module; the command must hand it exactly the resolved options
     monkeypatch.setitem(sys.modules, "prune.pipeline", types.SimpleNamespace(run_pruning=fake_run_pruning))
     assert cli(["run", "minilm-l6", "--json", "--quiet", "--eval", "none"]) == 0
-    assert calls["options"] == load_recipe("minilm-l6", {"eval": "none"})
+    # without --out the run saves to a default folder (said on stderr) rather than nowhere
+    assert calls["options"] == load_recipe("minilm-l6", {"eval": "none", "out": "pruned/minilm-l6-4-layers"})
     assert calls["kwargs"]["progress"] is False
     assert calls["kwargs"]["command"] == "prune-llm run minilm-l6 --eval none"  # typed argv unknown here
-    assert json.loads(capsys.readouterr().out) == Result.report
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == Result.report
+    assert "saved to pruned/minilm-l6-4-layers" in captured.err
 
 
 def test_cli_smoke_subprocess():

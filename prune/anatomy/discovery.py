@@ -287,3 +287,32 @@ def _try_resolve(root: Any, dotted: str) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Layer-count keys of families without a data file (GPT-2 style, T5 style).
+_GENERIC_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def config_block_count(config: Any) -> int | None:
+    """The number of blocks a config declares, read without building the model (None when unknown).
+
+    Lets a run check its target against the model before the weights load.
+
+    Example:
+        >>> from transformers import BertConfig
+        >>> config_block_count(BertConfig(num_hidden_layers=6))
+        6
+    """
+    model_type = getattr(config, "model_type", None)
+    family = load_families().get(model_type) if model_type else None
+    candidates = (
+        [(path, family[1].layer_count_key) for path in family[1].config_paths]
+        if family is not None
+        else [(path, key) for path in ("", "text_config") for key in _GENERIC_COUNT_KEYS]
+    )
+    for path, key in candidates:
+        sub = _try_resolve(config, path) if path else config
+        value = getattr(sub, key, None) if sub is not None else None
+        if _is_int(value):
+            return int(value)
+    return None

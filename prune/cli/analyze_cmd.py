@@ -101,24 +101,37 @@ def run(args: argparse.Namespace) -> int:
     from prune.analysis import AnalysisError, analysis_summary_lines, analyze
     from prune.output import atomic_output_dir, check_output_dir
 
-    out = Path(args.out) if args.out else default_out_dir(args.model)
-    # Everything that can be checked cheaply fails before the model is loaded.
-    check_output_dir(out, force=args.force)
-    if not args.no_plots:
-        from prune.plots import require_matplotlib
+    if args.out is not None and not args.out.strip():
+        from prune.errors import OutputError
 
-        require_matplotlib()
+        raise OutputError("--out is empty; pass the folder for the results (--out DIR) or leave it out")
+    out = Path(args.out) if args.out else default_out_dir(args.model)
+    # Everything that can be checked cheaply fails before the model is loaded: the output folder, the
+    # flags, the model's config (block count, positions), and the calibration text.
+    check_output_dir(out, force=args.force)
     if not (args.beta > 0) or not (-1.0 <= args.eps <= 1.0):
         raise AnalysisError(f"need --beta > 0 and -1 <= --eps <= 1, got {args.beta} and {args.eps}")
 
     from prune.anatomy import get_anatomy
     from prune.data import load_texts, make_batches
-    from prune.loading import load_model
+    from prune.loading import load_model, resolve_model_source
+    from prune.model_config import read_model_facts
+    from prune.preflight import check_counted_tokens, check_sequence_options
+
+    source = resolve_model_source(args.model)
+    if source.kind != "hub":
+        from prune.preflight import check_out_apart_from_input
+
+        given = Path(source.location) / source.gguf_file if source.gguf_file else Path(source.location)
+        check_out_apart_from_input(out, given)
+    facts = read_model_facts(source, trust_remote_code=args.trust_remote_code)
+    check_sequence_options(args.seq_len, args.skip_tokens, facts.max_positions)
+    texts = load_texts(args.calib, purpose="calib", text_column=args.text_column, seed=args.seed)
 
     accelerator = _distributed_accelerator(args.device)
     device = str(accelerator.device) if accelerator is not None else args.device
     loaded = load_model(
-        args.model,
+        source,
         device=device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
@@ -126,15 +139,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     anatomy = get_anatomy(loaded.model, args.block_path)
-    if loaded.tokenizer is None:
-        from prune.errors import DataError
-
-        raise DataError(
-            f"{args.model} has no tokenizer to encode the calibration text; save one next to the model"
-        )
-    texts = load_texts(args.calib, purpose="calib", text_column=args.text_column, seed=args.seed)
     batches = make_batches(
-        loaded.tokenizer,
+        loaded.require_tokenizer(),
         texts,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
@@ -178,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         allow_last=args.allow_last,
         meta=meta,
     )
+    check_counted_tokens(analysis.num_tokens, args.skip_tokens)
     if accelerator is not None and not accelerator.is_main_process:
         return 0  # every process holds the same totals; one writes them
     data = analysis.to_dict()
@@ -187,15 +194,21 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(folder)
         (folder / "analysis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
         (folder / "analysis.txt").write_text(text + "\n")
-        if not args.no_plots:
-            _write_plots(analysis, folder, args.model)
+        plots = "" if args.no_plots else _write_plots(analysis, folder, args.model)
 
     if args.json:
         print(json.dumps(data, indent=2, allow_nan=False))
     else:
-        print(f"{args.model}: {analysis.num_blocks} blocks, {analysis.num_tokens} tokens ({args.token_mode})")
+        mode = {
+            "tokens": "",
+            "mean": ", compared as per-sequence means",
+            "last": ", compared at the last token",
+        }
+        print(
+            f"{args.model}: {analysis.num_blocks} blocks, {analysis.num_tokens} tokens{mode[args.token_mode]}"
+        )
         print(text)
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"wrote {out}{plots}", file=sys.stderr)
     return 0
 
 
@@ -210,8 +223,15 @@ def _distributed_accelerator(device: str):
     return Accelerator(cpu=device == "cpu")
 
 
-def _write_plots(analysis, folder: Path, model: str) -> None:
-    from prune.plots import plot_block_scores, plot_cka_heatmap
+def _write_plots(analysis, folder: Path, model: str) -> str:
+    """Draw the figures; without matplotlib, write nothing and say how to get them (the rest is written)."""
+    from prune.errors import PruneError
+    from prune.plots import plot_block_scores, plot_cka_heatmap, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except PruneError as err:
+        return f" (no plots: {err})"
 
     if "cka" in analysis.scores:
         # Row 0 is the embedding output h_0; row l + 1 is the output of block l.
@@ -227,3 +247,4 @@ def _write_plots(analysis, folder: Path, model: str) -> None:
             axis_label="output of block (emb = embeddings)",
         )
     plot_block_scores(analysis.scores, folder / PLOTS[1], title=f"{model}: per-block scores")
+    return ""

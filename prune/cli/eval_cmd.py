@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from dataclasses import replace
 from typing import Any
 
 from prune.cli.flags import positive_int
@@ -89,9 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--probe",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="Classification accuracy of encoders: their head, or a logistic probe on frozen embeddings "
-        "(default: on).",
+        "(default: off; minutes on a CPU).",
     )
     parser.add_argument(
         "--probe-data",
@@ -152,7 +154,27 @@ def _settings(args: argparse.Namespace) -> Any:
         lm_eval_tasks=tasks,
         lm_eval_limit=args.lm_eval_limit,
         seed=args.seed,
+        progress=not args.quiet,
     )
+
+
+def _phases(s: Any, kind: str, relative: bool) -> list[str]:
+    """What an evaluation will run, in words (printed first: some phases take minutes on a CPU)."""
+    phases = []
+    if kind == "causal-lm":
+        phases.append("perplexity" + (" and KL" if relative else ""))
+        if relative and s.generation:
+            phases.append(f"greedy agreement ({s.num_prompts} prompts x {s.new_tokens} tokens)")
+    elif kind == "encoder":
+        if relative:
+            phases.append("embedding fidelity")
+        phases.append(
+            f"classification probe ({s.probe_train} train / {s.probe_test} test sentences)"
+            if s.probe
+            else "no classification probe (--probe adds it)"
+        )
+    phases.append("size" + (", latency and peak memory" if s.speed else ""))
+    return phases
 
 
 def _json_safe(value: Any) -> Any:
@@ -177,29 +199,44 @@ def run(args: argparse.Namespace) -> int:
         from prune.evaluation.lm_eval_bridge import require_lm_eval
 
         require_lm_eval()
+    # Resolve both models, read their configs and load the text before any weights load: a typo or a
+    # missing file costs seconds, not a model load.
+    from prune.loading import resolve_model_source
+    from prune.model_config import read_model_facts
+    from prune.preflight import check_sequence_options
+
+    sources = [resolve_model_source(args.model)]
+    if args.reference:
+        sources.append(resolve_model_source(args.reference))
+    for source in sources:
+        facts = read_model_facts(source, trust_remote_code=args.trust_remote_code)
+        check_sequence_options(args.seq_len, 0, facts.max_positions)
+    from prune.data import load_texts
+
+    texts = load_texts(args.data, purpose="eval", text_column=args.text_column, seed=args.seed)
     load = {
         "device": args.device,
         "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
         "progress": not args.quiet,
     }
-    loaded = load_model(args.model, **load)
-    reference = load_model(args.reference, **load) if args.reference else None
+    loaded = load_model(sources[0], **load)
+    reference = load_model(sources[1], **load) if args.reference else None
     if reference is not None and reference.kind != loaded.kind:
         raise DataError(
             f"{args.model} is a {loaded.kind} but the reference {args.reference} is a {reference.kind}; "
             "compare a pruned model with its own original"
         )
     tokenizer = loaded.tokenizer or (reference.tokenizer if reference else None)
-    texts = None
-    if loaded.kind != "other":
-        if tokenizer is None:
-            raise DataError(
-                f"{args.model} has no tokenizer; save one next to the model (tokenizer.save_pretrained)"
-            )
-        from prune.data import load_texts
-
-        texts = load_texts(args.data, purpose="eval", text_column=args.text_column, seed=args.seed)
+    if loaded.kind == "other":
+        texts = None
+    elif tokenizer is None:
+        loaded.require_tokenizer()  # the error says why there is none
+    settings = replace(settings, probe=settings.probe and loaded.kind == "encoder")
+    if not args.quiet:
+        print(
+            f"measuring: {', '.join(_phases(settings, loaded.kind, reference is not None))}", file=sys.stderr
+        )
 
     from prune.evaluation import compare_models, evaluate_report
 

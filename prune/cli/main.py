@@ -87,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PruneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A full disk, a read-only mount, a permission: the user's to fix, so one line, no traceback.
+        where = f": {err.filename}" if err.filename else ""
+        print(
+            f"error: {err.strerror or err}{where}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
+import sys
+from pathlib import Path
 
 from prune.cli.flags import add_option_flags, options_from_args
 
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the pruning pipeline from parsed flags; prints a summary (or the JSON report)."""
     from prune.pipeline import run_pruning
 
-    options = options_from_args(args)
+    options = with_default_out(options_from_args(args))
     command = "prune-llm " + shlex.join(getattr(args, "argv", []) or [])
     result = run_pruning(options, command=command, progress=not args.quiet)
     if args.json:
@@ -35,6 +38,39 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_summary(result)
     return 0
+
+
+def default_out_dir(model: str, target: str) -> str:
+    """pruned/<model-name>-<target>: where a run without --out saves (never an existing folder's parent).
+
+    Example:
+        >>> default_out_dir("HuggingFaceTB/SmolLM2-135M", "24-layers")
+        'pruned/SmolLM2-135M-24-layers'
+    """
+    name = Path(model.rstrip("/\\")).name
+    name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{name}-{target.strip()}").strip("-.") or "model"
+    return f"pruned/{slug.replace('%', 'pct')}"
+
+
+def with_default_out(options):
+    """The options with a default --out when none was given (a whole run must not end unsaved), said on
+    stderr before the run starts."""
+    if options.out is not None or options.push_to_hub:
+        return options
+    out = default_out_dir(options.model, options.target)
+    print(f"no --out given: the pruned model will be saved to {out}", file=sys.stderr)
+    return options.model_copy(update={"out": out})
+
+
+def _number(key: str, value: float) -> str:
+    # Counts read as counts (134,515,008 parameters, 15,045 tokens), measurements with 4 decimals.
+    if isinstance(value, int) or (key in _COUNTS and float(value).is_integer()):
+        return f"{int(value):,}"
+    return f"{value:.4f}"
+
+
+_COUNTS = frozenset({"parameters", "num_tokens"})
 
 
 def print_summary(result) -> None:
@@ -53,7 +89,7 @@ def print_summary(result) -> None:
                 and isinstance(before[key], (int, float))
                 and isinstance(after[key], (int, float))
             ):
-                print(f"  {key:<28} {before[key]:>14.4f} -> {after[key]:>14.4f}")
+                print(f"  {key:<28} {_number(key, before[key]):>14} -> {_number(key, after[key]):>14}")
     if result.out_dir:
         print(f"saved to {result.out_dir} (prune_report.md explains the choice)")
     if result.hub_url:

@@ -84,7 +84,8 @@ def _validate(files: list[str]) -> int:
         try:
             recipe = read_recipe(name, check_names=True)
         except RecipeError as err:
-            print(f"{name}: ERROR {err}")
+            message = str(err).removeprefix(f"{name}: ")  # recipe errors already start with the path
+            print(f"{name}: ERROR {message}")
             status = 1
         else:
             opts = recipe.options

@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(options.model_dump(), indent=2))
         return 0
 
-    from prune.cli.prune_cmd import print_summary
+    from prune.cli.prune_cmd import print_summary, with_default_out
     from prune.pipeline import run_pruning
+
+    options = with_default_out(options)
 
     command = "prune-llm " + shlex.join(getattr(args, "argv", None) or _argv(args.recipe, overrides))
     result = run_pruning(options, command=command, progress=not args.quiet)

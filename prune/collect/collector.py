@@ -21,6 +21,7 @@ from prune.collect.batches import check_batch, rows_within_budget, to_device, va
 from prune.collect.minibatches import MinibatchStream
 from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
 from prune.errors import AnatomyError
+from prune.finite import check_finite_states
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
 from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
@@ -319,6 +320,7 @@ def collect_stats(
                 stats_device = states[0].device
                 states = [h.to(stats_device) for h in states]
                 mask = valid_mask(batch, states[0], remaining, skip_tokens)
+                check_finite_states(states, mask, index)  # NaN sums would only surface as NaN scores
                 samples = Samples(states, mask, token_mode)
                 del states  # `samples` releases them once stacked
                 consistent = False

@@ -46,6 +46,7 @@ class EvalSettings:
         lm_eval_tasks: lm-evaluation-harness task names to run too (needs the `lm-eval` extra).
         lm_eval_limit: Examples per lm-eval task (None: all).
         seed: Seed of the probe split.
+        progress: Show a progress bar for every phase (perplexity, agreement, probe, latency).
     """
 
     seq_len: int = 256
@@ -67,6 +68,7 @@ class EvalSettings:
     lm_eval_tasks: tuple[str, ...] = ()
     lm_eval_limit: int | None = None
     seed: int = 0
+    progress: bool = False
 
 
 @dataclass
@@ -137,14 +139,43 @@ def _prepare(
     return data
 
 
-def _speed_and_size(model: torch.nn.Module, s: EvalSettings) -> dict[str, float]:
+def _bar(items: Any, desc: str, s: EvalSettings, total: int | None = None) -> Any:
+    """`items` with a progress bar when the settings ask for one (phases take minutes on a CPU)."""
+    if not s.progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit="batch")
+
+
+def _speed_and_size(
+    model: torch.nn.Module, s: EvalSettings, name: str, passes: list | None = None
+) -> dict[str, float]:
+    """Size, and latency/throughput/peak memory: from the evaluation's own timed passes when there are
+    enough of them (`passes`), else from dedicated passes."""
     out: dict[str, float] = dict(speed.size_metrics(model))
-    if s.speed:
-        out.update(
-            speed.speed_metrics(
-                model, batch_size=s.batch_size, seq_len=s.seq_len, warmup=s.warmup, repeats=s.repeats
-            )
+    if not s.speed:
+        return out
+    reused = (
+        speed.latency_from_passes(
+            passes, batch_size=s.batch_size, seq_len=s.seq_len, warmup=s.warmup, repeats=s.repeats
         )
+        if passes
+        else None
+    )
+    if reused is None:
+        steps = _bar(range(1), f"timing {name}", s)
+        for _ in steps:
+            out.update(
+                speed.speed_metrics(
+                    model, batch_size=s.batch_size, seq_len=s.seq_len, warmup=s.warmup, repeats=s.repeats
+                )
+            )
+        return out
+    for _ in _bar(range(1), f"peak memory of {name}", s):
+        peak = speed.peak_memory_mb(model, batch_size=s.batch_size, seq_len=s.seq_len)
+    out.update({"latency_ms": reused["latency_ms"], "tokens_per_s": reused["tokens_per_s"]})
+    out["peak_memory_mb"] = peak
     return out
 
 
@@ -176,10 +207,23 @@ def _evaluate(
         limit = getattr(getattr(m, "config", None), "max_position_embeddings", None)
         if isinstance(limit, int) and s.seq_len > limit:
             raise DataError(f"seq_len {s.seq_len} exceeds the model's {limit} positions; lower --seq-len")
+    if reference is not None:
+        sizes = [getattr(getattr(m, "config", None), "vocab_size", None) for m in (model, reference)]
+        if None not in sizes and sizes[0] != sizes[1]:
+            raise DataError(
+                f"the model's vocabulary has {sizes[0]} tokens and the reference's {sizes[1]}: they do not share "
+                "a tokenizer, so their outputs cannot be compared; compare a pruned model with its own original"
+            )
     out: dict[str, float] = {}
     ref: dict[str, float] | None = {} if reference is not None else None
+    passes: dict[str, list | None] = {"model": None, "reference": None}
+    name = "pruned model" if reference is not None else "model"
     if kind == "causal-lm":
-        scores = perplexity.score_tokens(model, data.batches, reference=reference)
+        what = "perplexity and KL, both models" if reference is not None else "perplexity"
+        scores = perplexity.score_tokens(
+            model, _bar(data.batches, f"evaluating {what}", s), reference=reference
+        )
+        passes = {"model": scores.seconds, "reference": scores.reference_seconds}
         out.update(perplexity.perplexity_from_nll(scores.nll))
         if ref is not None:
             ref.update(perplexity.perplexity_from_nll(scores.reference_nll))
@@ -189,29 +233,39 @@ def _evaluate(
                 prompts = generation.prompts_from_stream(
                     data.stream, num_prompts=s.num_prompts, prompt_len=s.prompt_len
                 )
-                ref_tokens = generation.greedy_continuations(reference, prompts, new_tokens=s.new_tokens)
-                out.update(
-                    generation.agreement(
-                        ref_tokens, generation.greedy_continuations(model, prompts, new_tokens=s.new_tokens)
+                runs = {}
+                for label, m in (("original", reference), ("pruned", model)):
+                    steps = _bar(range(s.new_tokens), f"greedy agreement: {label}", s)
+                    runs[label] = generation.greedy_continuations(
+                        m, prompts, new_tokens=s.new_tokens, steps=steps
                     )
-                )
+                out.update(generation.agreement(runs["original"], runs["pruned"]))
                 ref.update({"token_agreement": 1.0, "exact_match": 1.0})
     elif kind == "encoder":
         if ref is not None:
-            emb = fidelity.mean_pooled_embeddings(model, data.batches)
-            out.update(
-                fidelity.cosine_fidelity(fidelity.mean_pooled_embeddings(reference, data.batches), emb)
+            emb = fidelity.mean_pooled_embeddings(model, _bar(data.batches, "embeddings: pruned", s))
+            original = fidelity.mean_pooled_embeddings(
+                reference, _bar(data.batches, "embeddings: original", s)
             )
+            out.update(fidelity.cosine_fidelity(original, emb))
             ref.update({"cosine_mean": 1.0, "cosine_min": 1.0})
         if data.split is not None:
             kwargs = {"seq_len": s.probe_seq_len, "batch_size": s.batch_size}
-            out.update(probe.classification_accuracy(model, tokenizer, data.split, **kwargs))
+
+            def wrap(label: str) -> Any:
+                return (lambda batches: _bar(batches, f"probe: {label}", s)) if s.progress else None
+
+            out.update(probe.classification_accuracy(model, tokenizer, data.split, wrap=wrap(name), **kwargs))
             if ref is not None:
-                ref.update(probe.classification_accuracy(reference, tokenizer, data.split, **kwargs))
-    out.update(_speed_and_size(model, s))
+                ref.update(
+                    probe.classification_accuracy(
+                        reference, tokenizer, data.split, wrap=wrap("original"), **kwargs
+                    )
+                )
+    out.update(_speed_and_size(model, s, name, passes["model"]))
     out.update(_lm_eval(model, tokenizer, s))
     if ref is not None:
-        ref.update(_speed_and_size(reference, s))
+        ref.update(_speed_and_size(reference, s, "original", passes["reference"]))
         ref.update(_lm_eval(reference, tokenizer, s))
     return out, ref
 
@@ -236,9 +290,19 @@ def _protocol(data: _Data, s: EvalSettings, model: torch.nn.Module, relative: bo
         "parameters: unique parameter elements; size_mb: bytes of the unique state-dict tensors / 2**20 (safetensors payload, header excluded)"
     )
     if s.speed:
+        full = sum(tuple(b["input_ids"].shape) == (s.batch_size, s.seq_len) for b in data.batches)
+        reused = data.protocol["kind"] == "causal-lm" and full - s.warmup >= max(1, s.repeats)
+        timing = (
+            f"the forward passes of the perplexity evaluation ({s.batch_size} x {s.seq_len} tokens, no KV "
+            f"cache, {'both models interleaved batch by batch, ' if relative else ''}timed as they run): "
+            f"the first {s.warmup} left out as warm-up, median of the other {full - s.warmup}"
+            if reused
+            else f"forward pass on {s.batch_size} x {s.seq_len} random token ids, no KV cache; {s.warmup} "
+            f"warm-up passes, median of {s.repeats} timed passes"
+        )
         protocol["speed"] = (
-            f"forward pass on {s.batch_size} x {s.seq_len} random token ids, no KV cache; {s.warmup} warm-up "
-            f"passes, median of {s.repeats} timed passes; throughput = tokens / median latency; peak memory: "
+            f"latency: {timing}; throughput = tokens / median latency; peak memory: one more forward on "
+            f"{s.batch_size} x {s.seq_len} random token ids, "
             + (
                 "CUDA max_memory_allocated during one forward (weights included)"
                 if protocol["device"].startswith("cuda")

@@ -8,6 +8,7 @@ continuations hold the same token; exact match is the fraction of prompts whose 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -42,8 +43,12 @@ def prompts_from_stream(stream: torch.Tensor, *, num_prompts: int, prompt_len: i
 
 
 @torch.no_grad()
-def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, *, new_tokens: int) -> torch.Tensor:
+def greedy_continuations(
+    model: torch.nn.Module, prompts: torch.Tensor, *, new_tokens: int, steps: Iterable[int] | None = None
+) -> torch.Tensor:
     """Greedy continuations of exactly `new_tokens` tokens for each prompt row, as [num_prompts, new_tokens].
+
+    `steps` may be ``range(new_tokens)`` wrapped in a progress bar.
 
     Example:
         >>> tokens = greedy_continuations(model, prompts, new_tokens=16)  # doctest: +SKIP
@@ -61,7 +66,7 @@ def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, *, new_t
     tokens = []
     try:
         out = model(input_ids=ids, use_cache=True)
-        for step in range(new_tokens):
+        for step in steps if steps is not None else range(new_tokens):
             next_token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(next_token)
             if step == new_tokens - 1:

@@ -12,8 +12,9 @@ exp(mean NLL) over the scored tokens; KL(reference || model) is averaged over th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from prune.errors import DataError
 from prune.evaluation.metric_loader import aggregate
+from prune.finite import check_finite_logits
 
 
 def encode_stream(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
@@ -42,6 +44,9 @@ def encode_stream(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
         if ids and eos is not None:
             ids.append(int(eos))
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    from prune.data import check_known_tokens
+
+    check_known_tokens(tokenizer, [ids])
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -128,20 +133,36 @@ class TokenScores:
     nll: torch.Tensor
     reference_nll: torch.Tensor | None = None
     kl: torch.Tensor | None = None
+    # Wall seconds of each batch's forward pass and its [rows, tokens] shape (the latency measurement
+    # reuses the passes of this evaluation instead of running its own: see prune.evaluation.speed).
+    seconds: list[tuple[tuple[int, int], float]] = field(default_factory=list)
+    reference_seconds: list[tuple[tuple[int, int], float]] = field(default_factory=list)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _logits(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], times: list | None = None
+) -> torch.Tensor:
     device = _device(model)
-    out = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        use_cache=False,
-    )
-    return out.logits
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if times is not None:
+        times.append(((int(ids.shape[0]), int(ids.shape[1])), time.perf_counter() - start))
+
+    def hidden_states() -> tuple[torch.Tensor, ...]:
+        return model(
+            input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True
+        ).hidden_states
+
+    return check_finite_logits(out.logits, f"{type(model).__name__}, evaluation batch", hidden_states)
 
 
 @torch.no_grad()
@@ -170,12 +191,14 @@ def score_tokens(
         if m is not None:
             m.eval()
     nll, ref_nll, kl = [], [], []
+    seconds: list = []
+    ref_seconds: list = []
     try:
         for batch in batches:
             mask = score_mask(batch)[:, 1:]
             targets = batch["input_ids"][:, 1:]
-            logits = _logits(model, batch)
-            ref_logits = _logits(reference, batch) if reference is not None else None
+            logits = _logits(model, batch, seconds)
+            ref_logits = _logits(reference, batch, ref_seconds) if reference is not None else None
             for row in range(targets.shape[0]):
                 keep = mask[row]
                 if not keep.any():
@@ -199,6 +222,8 @@ def score_tokens(
         nll=torch.cat(nll),
         reference_nll=torch.cat(ref_nll) if ref_nll else None,
         kl=torch.cat(kl) if kl else None,
+        seconds=seconds,
+        reference_seconds=ref_seconds,
     )
 
 

@@ -219,7 +219,13 @@ def _head_predictions(model: torch.nn.Module, batches: list[dict[str, torch.Tens
 
 
 def classification_accuracy(
-    model: torch.nn.Module, tokenizer: Any, split: LabelledSplit, *, seq_len: int = 128, batch_size: int = 32
+    model: torch.nn.Module,
+    tokenizer: Any,
+    split: LabelledSplit,
+    *,
+    seq_len: int = 128,
+    batch_size: int = 32,
+    wrap: Any = None,
 ) -> dict[str, float]:
     """Test accuracy of the model's own head, or of a logistic probe on its frozen embeddings.
 
@@ -229,10 +235,12 @@ def classification_accuracy(
         split: From :func:`load_labelled_split` (use the same split for the models you compare).
         seq_len: Truncation length of each sentence.
         batch_size: Sentences per forward pass.
+        wrap: Called on each list of batches before it is run (e.g. to add a progress bar).
 
     Example:
         >>> classification_accuracy(model, tokenizer, load_labelled_split())["probe_accuracy"]  # doctest: +SKIP
     """
+    wrap = wrap or (lambda batches: batches)
     test = encode_texts(tokenizer, split.test_texts, seq_len=seq_len, batch_size=batch_size)
     if has_classification_head(model):
         num_labels = int(model.config.num_labels)
@@ -241,12 +249,14 @@ def classification_accuracy(
                 f"the model's head has {num_labels} classes but the labelled data has {len(split.classes)}; "
                 "pass labelled data for the task the head was trained on"
             )
-        preds = _head_predictions(model, test)
+        preds = _head_predictions(model, wrap(test))
         key = "head_accuracy"
     else:
         train = encode_texts(tokenizer, split.train_texts, seq_len=seq_len, batch_size=batch_size)
-        probe = train_logistic_probe(mean_pooled_embeddings(model, train), torch.tensor(split.train_labels))
-        preds = probe.predict(mean_pooled_embeddings(model, test))
+        probe = train_logistic_probe(
+            mean_pooled_embeddings(model, wrap(train)), torch.tensor(split.train_labels)
+        )
+        preds = probe.predict(mean_pooled_embeddings(model, wrap(test)))
         key = "probe_accuracy"
     result = aggregate("accuracy", predictions=preds.tolist(), references=list(split.test_labels))
     return {key: result["accuracy"]}

@@ -4,9 +4,12 @@ Methods (also reported in the protocol of a comparison):
 - parameters: number of unique parameter elements (tied weights counted once).
 - size: bytes of the unique tensors of the state dict, i.e. what a safetensors checkpoint stores, not
   counting its small JSON header; tied weights counted once.
-- latency: median wall time of one forward pass (no gradient, no KV cache) on a fixed batch of
-  ``batch_size`` x ``seq_len`` tokens, after ``warmup`` untimed passes, over ``repeats`` timed passes;
-  CUDA is synchronised around each timed pass. Throughput = batch_size * seq_len / median latency.
+- latency: median wall time of one forward pass (no gradient, no KV cache) on a batch of
+  ``batch_size`` x ``seq_len`` tokens, after ``warmup`` untimed passes, over ``repeats`` timed passes or
+  more; CUDA is synchronised around each timed pass. Throughput = batch_size * seq_len / median latency.
+  A causal LM's evaluation already runs such passes (the perplexity windows, both models interleaved),
+  so their times are used (`latency_from_passes`) instead of running the same passes again; otherwise a
+  fixed batch of random ids is timed (`speed_metrics`).
 - peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one forward (weights included) after
   resetting the peak; on CPU, the largest rise of the process RSS above its value before the forward,
   sampled every millisecond by a thread, after returning freed heap pages to the OS (glibc
@@ -158,6 +161,52 @@ def speed_metrics(
         model.train(was_training)
     latency = statistics.median(times)
     return {"latency_ms": latency * 1e3, "tokens_per_s": tokens / latency, "peak_memory_mb": peak_mb}
+
+
+def latency_from_passes(
+    passes: list[tuple[tuple[int, int], float]], *, batch_size: int, seq_len: int, warmup: int, repeats: int
+) -> dict[str, float] | None:
+    """Latency and throughput from forward passes already timed elsewhere, or None if there are too few.
+
+    Only passes of exactly ``batch_size`` x ``seq_len`` tokens count; the first `warmup` of them are left
+    out; at least `repeats` must remain (then all of them are used, median reported).
+
+    Example:
+        >>> latency_from_passes([((2, 4), 9.0), ((2, 4), 1.0), ((2, 4), 2.0)], batch_size=2, seq_len=4,
+        ...                     warmup=1, repeats=2)["latency_ms"]
+        1500.0
+    """
+    times = [seconds for shape, seconds in passes if shape == (batch_size, seq_len)][warmup:]
+    if len(times) < max(1, repeats):
+        return None
+    latency = statistics.median(times)
+    return {
+        "latency_ms": latency * 1e3,
+        "tokens_per_s": batch_size * seq_len / latency,
+        "timed_passes": len(times),
+    }
+
+
+@torch.no_grad()
+def peak_memory_mb(model: torch.nn.Module, *, batch_size: int, seq_len: int) -> float:
+    """Peak memory of one forward pass on ``batch_size`` x ``seq_len`` random ids (see the module docstring).
+
+    Example:
+        >>> peak_memory_mb(model, batch_size=8, seq_len=256) >= 0  # doctest: +SKIP
+        True
+    """
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in _dummy_inputs(model, batch_size, seq_len).items()}
+
+    def forward() -> None:
+        model(**batch, use_cache=False) if forward_accepts(model, "use_cache") else model(**batch)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return _peak_memory_mb(forward, device)
+    finally:
+        model.train(was_training)
 
 
 def _peak_memory_mb(forward: Any, device: torch.device) -> float:

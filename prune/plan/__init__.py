@@ -19,7 +19,7 @@ from prune.plan import strategies as _strategies
 from prune.plan.base import STRATEGIES, Plan, PlanError, Selection, Strategy
 from prune.plan.planner import get_strategy, plan_pruning, required_metrics
 from prune.plan.search import SearchContext
-from prune.plan.targets import parse_target
+from prune.plan.targets import check_target_form, parse_target
 
 del _search, _strategies
 
@@ -30,6 +30,7 @@ __all__ = [
     "SearchContext",
     "Selection",
     "Strategy",
+    "check_target_form",
     "get_strategy",
     "parse_target",
     "plan_pruning",

@@ -97,3 +97,40 @@ def parse_target(target: str, num_blocks: int) -> int:
             f"'drop-{text}' to remove {text} ({allowed})"
         )
     raise TargetError(f"cannot read target {target!r}; write it as {FORMS} ({allowed})")
+
+
+def check_target_form(target: str) -> None:
+    """Check what can be checked of `target` without the model: its form and the sign of its number.
+
+    Run before a model loads, so a typo costs nothing; `parse_target` checks the range once the number of
+    blocks is known.
+
+    Raises:
+        TargetError: the target is malformed, ambiguous, or keeps/drops no block whatever the model.
+
+    Example:
+        >>> check_target_form("8-layers")
+        >>> check_target_form("8")
+        Traceback (most recent call last):
+        ...
+        prune.errors.TargetError: target '8' is ambiguous; write '8-layers' to keep 8 blocks or 'drop-8' to remove 8
+    """
+    if not isinstance(target, str):
+        raise TargetError(f"target {target!r} is not text; write it as {FORMS}")
+    text = target.strip().lower()
+    if match := _KEEP.match(text):
+        if int(match["n"]) < 1:
+            raise TargetError(f"target {target!r} keeps no block; pass N-layers with N >= 1")
+    elif match := _DROP.match(text):
+        if int(match["n"]) < 1:
+            raise TargetError(f"target {target!r} drops nothing; pass drop-N with N >= 1")
+    elif match := _PERCENT.match(text):
+        if not 0 < float(match["p"]) < 100:
+            raise TargetError(f"target {target!r} is out of range; pass P% with 0 < P < 100")
+    elif _NUMBER.match(text):
+        raise TargetError(
+            f"target {target!r} is ambiguous; write '{text}-layers' to keep {text} blocks or 'drop-{text}' "
+            f"to remove {text}"
+        )
+    else:
+        raise TargetError(f"cannot read target {target!r}; write it as {FORMS}")
