@@ -215,8 +215,9 @@ def resolve_model_source(spec: str) -> ModelSource:
             id that is not in the local Hub cache.
 
     Example:
-        >>> resolve_model_source("bert-base").hub_id
-        'google-bert/bert-base-uncased'
+        >>> source = resolve_model_source("minilm-l6")  # the packaged copy once `prune-llm assets` ran
+        >>> source.hub_id
+        'sentence-transformers/all-MiniLM-L6-v2'
     """
     spec = "" if spec is None else str(spec).strip()
     if not spec:
