@@ -162,9 +162,11 @@ def atomic_output_dir(path: str | os.PathLike, *, force: bool) -> Iterator[Path]
         OutputError: the folder cannot be written or renamed into place (the OS reason is named).
 
     Example:
-        >>> with atomic_output_dir("/tmp/prune-doctest-out", force=True) as tmp:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "analysis"
+        >>> with atomic_output_dir(out) as tmp:
         ...     _ = (tmp / "analysis.json").write_text("{}")
-        >>> (Path("/tmp/prune-doctest-out") / "analysis.json").read_text()
+        >>> (out / "analysis.json").read_text()
         '{}'
     """
     out = check_output_dir(path, force=force).absolute()
