@@ -164,7 +164,7 @@ def atomic_output_dir(path: str | os.PathLike, *, force: bool) -> Iterator[Path]
     Example:
         >>> import tempfile
         >>> out = Path(tempfile.mkdtemp()) / "analysis"
-        >>> with atomic_output_dir(out) as tmp:
+        >>> with atomic_output_dir(out, force=False) as tmp:
         ...     _ = (tmp / "analysis.json").write_text("{}")
         >>> (out / "analysis.json").read_text()
         '{}'
