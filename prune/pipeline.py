@@ -137,6 +137,9 @@ def run_pruning(
     original, tokenizer = loaded.model, loaded.tokenizer
     anatomy = get_anatomy(original, options.block_path)
     parse_target(options.target, anatomy.num_blocks)
+    from prune.repair import get_repair
+
+    get_repair(options.repair)  # a misspelt method fails before the calibration pass
     if tokenizer is None:
         raise DataError(
             "no tokenizer for this model: pass tokenizer= to run_pruning, or build batches yourself and call "
@@ -188,6 +191,7 @@ def run_pruning(
     # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
     # in gets a real copy, so that whatever they do with the result later never reaches their model.
     pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
+    repair = _repair(options, original, pruned, plan, anatomy, calib_batches, progress)
 
     comparison, eval_info = None, {}
     if options.eval != "none":
@@ -196,6 +200,7 @@ def run_pruning(
     report = _build_report(
         options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
     )
+    report["repair"] = repair.to_dict()
     result = PruneResult(
         model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison
     )
@@ -204,6 +209,35 @@ def run_pruning(
     if options.push_to_hub:
         result.hub_url = _push(result, options, loaded.source)
     return result
+
+
+def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, progress: bool):
+    """Fold the repair into `pruned` (the default ``linear`` falls back to the plain cut, with a warning,
+    on a model whose MLP placement is unknown; a method asked for by name fails there)."""
+    from prune.repair import RepairError, RepairReport, repair_cut
+
+    try:
+        report = repair_cut(
+            original,
+            pruned,
+            plan.drop,
+            batches,
+            method=options.repair,
+            anatomy=anatomy,
+            order=options.repair_order,
+            objective=options.repair_objective,
+            max_tokens=options.max_tokens,
+            skip_tokens=options.skip_tokens,
+            progress=progress,
+        )
+    except RepairError as err:
+        if "repair" in options.model_fields_set:
+            raise
+        logger.warning("not repaired: %s", err)
+        report = RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
+    for span in report.spans:
+        logger.info("repair of blocks %d-%d: %s", span.first, span.last, span.skipped or span.map)
+    return report
 
 
 def _strategy_needs_search(strategy: str) -> bool:
