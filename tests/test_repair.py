@@ -295,3 +295,22 @@ def test_span_repair_picks_the_closest_span_with_the_lowest_repaired_error():
     assert plan.drop == (best["start"], best["start"] + 1)
     assert all(c["error_repaired"] <= c["error_plain"] for c in candidates)
     assert "after linear repair" in plan.reason
+
+
+def test_span_repair_2_places_two_separated_spans_each_with_its_own_map():
+    from prune.collect import collect_stats
+    from prune.plan import SearchContext, plan_pruning
+
+    model = build_tiny("llama")
+    anatomy = get_anatomy(model)
+    batches = _batches("llama")
+    scores = collect_stats(model, batches, anatomy=anatomy, metrics=("angular",), progress=False).scores()
+    search = SearchContext(model=model, batches=batches, kind="causal-lm", anatomy=anatomy)
+    plan = plan_pruning(scores, anatomy.num_blocks, "drop-2", "span-repair-2", search=search)
+    (a, b), (c, d) = plan.details["spans"]
+    assert a >= 1 and c > b + 1 and d < anatomy.num_blocks - 1  # a kept block before each span
+    errors = {(x["start"], x["length"]): x["error_repaired"] for x in plan.details["candidates"]}
+    placements = [
+        errors[p] + errors[q] for p in errors for q in errors if q[0] > p[0] + p[1] and p[1] + q[1] == 2
+    ]
+    assert plan.details["summed_error_repaired"] == pytest.approx(min(placements), abs=1e-6)
