@@ -83,7 +83,7 @@ def fit_spans(
             )
         intercepts[task.key] = task.kept is not None and method.has_intercept(blocks[task.kept], mlp)
 
-    choose = ridge is None and len(batches) >= 2 and method.name == "linear"
+    choose = ridge is None and len(batches) >= 2 and method.least_squares
     halves = [list(batches[0::2]), list(batches[1::2])] if choose else [list(batches)]
     budgets = [None if max_tokens is None else max(1, max_tokens // len(halves))] * len(halves)
     stats = [
