@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_model": "prune.loading",
     "plan_pruning": "prune.plan",
     "remove_blocks": "prune.surgery",
+    "repair_cut": "prune.repair",
     "run_pruning": "prune.pipeline",
 }
 

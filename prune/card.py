@@ -107,8 +107,9 @@ def build_model_card(
     body = "\n\n".join(
         part
         for part in (
-            _intro(model, plan, base_model, repo_id),
+            _intro(model, plan, base_model, repo_id, report.get("repair")),
             _what_was_done(plan, report.get("data") or {}),
+            _repair(report.get("repair")),
             _scores_table(report.get("scores") or {}, plan),
             _evaluation(report.get("evaluation") or {}),
             _size(model),
@@ -120,7 +121,7 @@ def build_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None) -> str:
+def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None, repair: Any = None) -> str:
     name = repo_id.split("/")[-1] if repo_id else f"{model.get('spec') or base_model or 'model'} (pruned)"
     origin = (
         f"[{base_model}](https://huggingface.co/{base_model})"
@@ -130,11 +131,17 @@ def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None)
     before, after = model.get("num_blocks_before"), model.get("num_blocks_after")
     removed = len(plan.get("drop") or [])
     counts = f" with {removed} of its {before} transformer blocks removed ({after} kept)" if before else ""
+    repaired = [s for s in (repair or {}).get("spans") or [] if not s.get("skipped")]
+    weights = "the kept blocks are the original weights, renumbered"
+    if repaired:
+        weights += (
+            f", with a map fitted on calibration text folded into their weights at {len(repaired)} cut(s) "
+            f"(`{repair.get('method')}` repair, no training, no new parameters)"
+        )
     return (
         f"# {name}\n\n"
         f"This model is {origin}{counts} by prune-llm (layer pruning, no training). It is a stock Hugging Face "
-        "checkpoint: the kept blocks are the original weights, renumbered, and it loads without "
-        "`trust_remote_code`."
+        f"checkpoint: {weights}, and it loads without `trust_remote_code`."
     )
 
 
@@ -165,6 +172,14 @@ def _what_was_done(plan: dict, data: Mapping[str, Any]) -> str:
         lines += ["", "Scores behind the choice (all of them are in `prune_report.json`):", ""]
         lines += [f"- `{k}`: `{v}`" for k, v in shown.items()]
     return "\n".join(lines)
+
+
+def _repair(repair: Mapping[str, Any] | None) -> str:
+    """Which repair was folded into the weights, per cut span, with the fit's relative error."""
+    from prune.report import repair_lines
+
+    lines = repair_lines(dict(repair) if repair else None)
+    return "\n".join(lines[1:]).replace("## Repair", "### Repair", 1) if lines else ""
 
 
 def _scores_table(scores: Mapping[str, Any], plan: dict) -> str:

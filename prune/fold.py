@@ -210,10 +210,32 @@ def fold_norm_affine(
         )
 
 
+def scale_output(module: nn.Module, factor: float, *, weight_offset: float = 0.0) -> None:
+    """Make a projection or a norm output ``factor * y`` where it output ``y`` (in place).
+
+    Args:
+        module: nn.Linear / Conv1D (weight and bias scaled) or a norm with a per-channel weight.
+        factor: the scalar.
+        weight_offset: for a norm that computes ``x * (weight_offset + weight)`` (Gemma: 1.0).
+    """
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 1:
+        fold_norm_affine(
+            module, torch.full((weight.shape[0],), factor, dtype=torch.float64), weight_offset=weight_offset
+        )
+        return
+    matrix = weight_matrix(module).detach().to(torch.float64).cpu()
+    _set_weight(module, matrix * factor)
+    bias = _bias(module)
+    if bias is not None:
+        _set_bias(module, bias.detach().to(torch.float64).cpu() * factor)
+
+
 __all__ = [
     "fold_input_map",
     "fold_norm_affine",
     "fold_output_map",
+    "scale_output",
     "select_inputs",
     "select_outputs",
     "weight_matrix",

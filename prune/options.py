@@ -41,7 +41,7 @@ class PruneOptions(BaseModel):
     strategy: str = Field(
         default="span",
         description="How blocks are chosen: span (contiguous blocks with the smallest angular distance), "
-        "topk (independent blocks with the lowest score), cka (RedTest: the blocks whose output is most "
+        "topk (independent blocks with the lowest score), span-repair (the closest spans refitted: the one with the lowest error after linear repair), cka (RedTest: the blocks whose output is most "
         "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
         "last, random.",
     )
@@ -52,6 +52,22 @@ class PruneOptions(BaseModel):
     )
     allow_last: bool = Field(
         default=False, description="Allow removing the last block (it is usually the most important)."
+    )
+    repair: str = Field(
+        default="linear",
+        description="Training-free repair of the cut, folded into the kept weights (no new parameters): linear "
+        "(least squares, ReplaceMe: a full d x d map for pre-norm decoders, per-channel affine for post-norm "
+        "encoders, per-channel scale for Gemma), scale (Prune&Comp: one magnitude-ratio scalar), none (plain cut).",
+    )
+    repair_order: Literal["sequential", "one-pass"] = Field(
+        default="sequential",
+        description="With several cut spans: fit each on the model with the earlier spans already cut and "
+        "repaired (sequential, one calibration pass per span), or all on the original (one-pass).",
+    )
+    repair_objective: Literal["mse", "relative"] = Field(
+        default="mse",
+        description="What the repair fit minimises: mse (squared error of the hidden states, ReplaceMe) or "
+        "relative (each token's error relative to its norm).",
     )
     calib: str = Field(
         default="default",

@@ -112,8 +112,11 @@ def run_pruning(
     from prune.preflight import check_counted_tokens, preflight
     from prune.surgery import remove_blocks
 
+    from prune.repair import get_repair
+
     # Everything that can be checked before the expensive work is checked first (target, output,
     # token, config, all the data), so a bad flag never costs a model load or a calibration pass.
+    get_repair(options.repair)  # a misspelt repair method
     checked = preflight(options, model_given=model is not None)
     out = checked.out
     if model is None:
@@ -182,6 +185,7 @@ def run_pruning(
     # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
     # in gets a real copy, so that whatever they do with the result later never reaches their model.
     pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
+    repair = _repair(options, original, pruned, plan, anatomy, calib_batches, progress)
 
     comparison, eval_info = None, {}
     if checked.eval_texts is not None:
@@ -192,6 +196,7 @@ def run_pruning(
     report = _build_report(
         options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
     )
+    report["repair"] = repair.to_dict()
     result = PruneResult(
         model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison
     )
@@ -200,6 +205,35 @@ def run_pruning(
     if options.push_to_hub:
         result.hub_url = _push(result, options, loaded.source)
     return result
+
+
+def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, progress: bool):
+    """Fold the repair into `pruned` (the default ``linear`` falls back to the plain cut, with a warning,
+    on a model whose MLP placement is unknown; a method asked for by name fails there)."""
+    from prune.repair import RepairError, RepairReport, repair_cut
+
+    try:
+        report = repair_cut(
+            original,
+            pruned,
+            plan.drop,
+            batches,
+            method=options.repair,
+            anatomy=anatomy,
+            order=options.repair_order,
+            objective=options.repair_objective,
+            max_tokens=options.max_tokens,
+            skip_tokens=options.skip_tokens,
+            progress=progress,
+        )
+    except RepairError as err:
+        if "repair" in options.model_fields_set:
+            raise
+        logger.warning("not repaired: %s", err)
+        report = RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
+    for span in report.spans:
+        logger.info("repair of blocks %d-%d: %s", span.first, span.last, span.skipped or span.map)
+    return report
 
 
 def _strategy_needs_search(strategy: str) -> bool:

@@ -156,3 +156,38 @@ def test_read_license_from_the_hub_cache(tmp_path, monkeypatch):
     assert read_license("meta-llama/Meta-Llama-3-8B") == "llama3"
     assert read_license("someone/never-downloaded") is None
     assert asked == [("meta-llama/Meta-Llama-3-8B", "README.md"), ("someone/never-downloaded", "README.md")]
+
+
+def test_card_says_which_repair_was_folded_per_span():
+    from prune.card import build_model_card
+
+    span = {
+        "first": 13,
+        "last": 18,
+        "kept_block": 12,
+        "method": "linear",
+        "map": "full d x d map folded into the down projection: mlp.down_proj of the kept block",
+        "residual_before": 0.0045,
+        "residual_after": 0.002,
+        "ridge": 0.1,
+        "tokens": 16384,
+        "seconds": 30.0,
+        "skipped": None,
+    }
+    report = {
+        "model": {"num_blocks_before": 30, "num_blocks_after": 24, "kind": "causal-lm"},
+        "plan": {"strategy": "span", "drop": list(range(13, 19))},
+        "repair": {
+            "method": "linear",
+            "order": "sequential",
+            "objective": "mse",
+            "seconds": 30.0,
+            "spans": [span],
+        },
+    }
+    text = str(build_model_card(report, base_model=None, license=None, command="prune-llm x", repo_id=None))
+    assert "### Repair" in text and "13-18" in text and "mlp.down_proj" in text and "0.0045" in text
+    assert "folded into their weights" in text
+    plain = dict(report, repair={"method": "none", "spans": [], "warnings": []})
+    text = str(build_model_card(plain, base_model=None, license=None, command="prune-llm x", repo_id=None))
+    assert "the plain cut" in text and "folded into their weights" not in text

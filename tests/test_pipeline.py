@@ -126,3 +126,27 @@ def test_custom_module_without_block_path_gets_a_clear_error():
 
     with pytest.raises(AnatomyError, match="block_path"):
         prune.get_anatomy(Opaque())
+
+
+def test_the_run_repairs_by_default_and_records_it(minilm, tmp_path):
+    model, tokenizer = minilm
+    common = {"model": "my-minilm", "target": "drop-2", "eval": "none", **FAST}
+    repaired = prune.run_pruning(
+        PruneOptions(**common, out=str(tmp_path / "out")), model=model, tokenizer=tokenizer, progress=False
+    )
+    plain = prune.run_pruning(
+        PruneOptions(**common, repair="none"), model=model, tokenizer=tokenizer, progress=False
+    )
+    assert repaired.plan.drop == plain.plan.drop
+    record = repaired.report["repair"]
+    assert record["method"] == "linear" and record["spans"]
+    for span in record["spans"]:
+        assert "affine" in span["map"] and span["residual_after"] <= span["residual_before"]
+    assert plain.report["repair"]["method"] == "none"
+    ids = tokenizer(["a short sentence to embed"], return_tensors="pt")
+    with torch.no_grad():
+        assert not torch.allclose(
+            repaired.model(**ids).last_hidden_state, plain.model(**ids).last_hidden_state, atol=1e-4
+        )
+    markdown = (Path(repaired.out_dir) / "prune_report.md").read_text()
+    assert "## Repair" in markdown and "affine" in markdown

@@ -48,6 +48,12 @@ class MlpSpec(BaseModel):
         default=None, description="Fused gate+up projection d -> 2 d_ff (gate rows first)."
     )
     down: str = Field(description="Projection d_ff -> d whose output joins the residual stream.")
+    attention_out: str | None = Field(
+        default=None,
+        description="The module whose output is the attention branch's contribution to the residual stream "
+        "(the attention output projection; Gemma: post_attention_layernorm). With `down` it names every "
+        "residual writer of a block, which the `scale` repair rescales.",
+    )
     act: str | None = Field(default=None, description="Activation module between the projections.")
     intermediate_size_key: str = Field(description="Config key of d_ff (updated when neurons are removed).")
     layout: Layout = Field(default="linear", description="'linear' (nn.Linear) or 'conv1d' (GPT-2's Conv1D).")
@@ -93,6 +99,7 @@ class MlpParts:
     act: nn.Module | None
     output_norm: nn.Module | None
     post_mlp_norm: nn.Module | None
+    attention_out: nn.Module | None = None
 
     @property
     def inputs(self) -> tuple[nn.Module, ...]:
@@ -105,7 +112,8 @@ class MlpAnatomy:
     """The MLP of every block of one model, resolved against that model.
 
     Attributes:
-        up, gate, gate_up, down, act, output_norm, post_mlp_norm: dotted paths inside a block (None: absent).
+        up, gate, gate_up, down, act, output_norm, post_mlp_norm, attention_out: dotted paths inside a
+            block (None: absent).
         intermediate_size_key: config key of d_ff (None when discovered and the config names none).
         layout: "linear" or "conv1d".
         residual: "pre_norm", "post_norm", "sandwich", or None when unknown (discovered families).
@@ -125,6 +133,7 @@ class MlpAnatomy:
     post_mlp_norm: str | None = None
     norm_weight_offset: float = 0.0
     source: str = "family"
+    attention_out: str | None = None
 
     @property
     def gated(self) -> bool:
@@ -159,6 +168,7 @@ class MlpAnatomy:
             act=get(self.act),
             output_norm=get(self.output_norm),
             post_mlp_norm=get(self.post_mlp_norm),
+            attention_out=get(self.attention_out),
         )
 
     def intermediate_size(self, block: nn.Module) -> int:
@@ -189,6 +199,7 @@ def resolve_mlp(spec: MlpSpec, config: Any) -> MlpAnatomy:
         post_mlp_norm=spec.post_mlp_norm,
         norm_weight_offset=spec.norm_weight_offset,
         source="family",
+        attention_out=spec.attention_out,
     )
 
 

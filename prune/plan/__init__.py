@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 # Each strategy registers itself when its module is imported.
+from prune.plan import repaired_span as _repaired_span
 from prune.plan import search as _search
 from prune.plan import strategies as _strategies
 from prune.plan.base import STRATEGIES, Plan, PlanError, Selection, Strategy
@@ -21,7 +22,7 @@ from prune.plan.planner import get_strategy, plan_pruning, required_metrics
 from prune.plan.search import SearchContext
 from prune.plan.targets import check_target_form, parse_target
 
-del _search, _strategies
+del _repaired_span, _search, _strategies
 
 __all__ = [
     "STRATEGIES",
