@@ -110,9 +110,8 @@ def run_pruning(
     from prune.loading import load_model
     from prune.plan import parse_target, plan_pruning, required_metrics
     from prune.preflight import check_counted_tokens, preflight
-    from prune.surgery import remove_blocks
-
     from prune.repair import get_repair
+    from prune.surgery import remove_blocks
 
     # Everything that can be checked before the expensive work is checked first (target, output,
     # token, config, all the data), so a bad flag never costs a model load or a calibration pass.
