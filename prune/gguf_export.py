@@ -423,7 +423,7 @@ def export_gguf(
                     model_name=meta.get("general.name"),
                 )
                 converter.write()
-        except (NotImplementedError, ValueError, KeyError, FileNotFoundError, TypeError) as exc:
+        except (NotImplementedError, ValueError, KeyError, OSError, TypeError) as exc:
             # The converter reports unknown tokenizers, missing files and shapes it cannot map this way.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GGUFExportError(

@@ -165,6 +165,14 @@ def test_existing_target_is_kept_without_force(tmp_path, spm_tokenizer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.gguf", "tiny"]
 
 
+def test_a_failed_conversion_leaves_nothing_behind(tmp_path):
+    folder = tmp_path / "no-tokenizer"
+    _tiny_llama(320).save_pretrained(folder)  # weights and config, but no tokenizer files
+    with pytest.raises(GGUFExportError, match="tokenizer"):
+        export_gguf(folder, tmp_path / "never.gguf", outtype="f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no-tokenizer"]
+
+
 def test_pipeline_checks_gguf_before_loading_the_model(tmp_path):
     out = tmp_path / "pruned"
     default_gguf_path(out, "q8_0").write_bytes(b"keep me")
@@ -267,3 +275,108 @@ def test_cli_and_options_outtypes_match_the_library():
     assert tuple(OUTTYPES) == OUTTYPE_CHOICES
     literal = typing.get_args(PruneOptions.model_fields["gguf"].annotation)[0]
     assert typing.get_args(literal) == OUTTYPE_CHOICES
+
+
+# --- the real SmolLM2 GGUF: prune, export f16 and q8_0, reload, run in llama.cpp --------------------------
+
+# Max |logit difference| to the pruned folder (float32) on a held-out sentence, SmolLM2 pruned to 24 blocks:
+# measured 0.06 (f16) and 1.5 (q8_0) against logits of magnitude ~30; the bounds leave 3-4x room.
+F16_MAX_LOGIT_DIFF = 0.25
+Q8_0_MEAN_LOGIT_DIFF = 0.6
+HELD_OUT = "The river runs through the old city, and in spring the market fills with people who"
+
+
+@pytest.fixture(scope="module")
+def smollm2_export(tmp_path_factory):
+    """SmolLM2 pruned to 24 blocks by a run with --gguf f16, then exported to q8_0 through the CLI."""
+    from prune.cli.main import main
+    from prune.loading import resolve_model_source
+    from prune.pipeline import run_pruning
+
+    source = resolve_model_source("smollm2-135m")
+    if source.gguf_file is None:
+        pytest.skip("SmolLM2 GGUF package not installed: run `make assets`")
+    work = tmp_path_factory.mktemp("smollm2")
+    options = PruneOptions(
+        model="smollm2-135m",
+        target="24-layers",
+        calib_samples=16,
+        seq_len=64,
+        eval="none",
+        out=str(work / "smollm2-24L"),
+        gguf="f16",
+    )
+    result = run_pruning(options, progress=False)
+    q8 = work / "smollm2-24L.q8_0.gguf"
+    assert main(["export", str(result.out_dir), "--gguf", str(q8), "--outtype", "q8_0"]) == 0
+    return result, {"f16": result.gguf.path, "q8_0": q8}
+
+
+@pytest.mark.slow
+def test_smollm2_round_trip_through_gguf(smollm2_export):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, files = smollm2_export
+    folder = result.out_dir
+    pruned = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer([HELD_OUT], return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = pruned(ids).logits
+    sizes = {outtype: path.stat().st_size for outtype, path in files.items()}
+    assert sizes["q8_0"] < 0.6 * sizes["f16"]  # 8.5 bits per weight against 16
+
+    for outtype, path in files.items():
+        fields = _gguf_fields(path)
+        assert fields["llama.block_count"] == 24
+        assert "30 -> 24 blocks" in fields["general.description"]
+        assert fields["tokenizer.chat_template"] == tokenizer.chat_template
+        reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        reloaded.eval()
+        assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
+        with torch.no_grad():
+            diff = (reloaded(ids).logits - expected).abs()
+        if outtype == "f16":
+            assert diff.max() < F16_MAX_LOGIT_DIFF, diff.max()
+        else:
+            assert diff.mean() < Q8_0_MEAN_LOGIT_DIFF, diff.mean()
+        cached = reloaded.generate(ids, max_new_tokens=10, do_sample=False, use_cache=True)
+        uncached = reloaded.generate(ids, max_new_tokens=10, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached)
+        gguf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        assert gguf_tokenizer(HELD_OUT).input_ids == ids[0].tolist()
+        del reloaded
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_generates_in_llama_cpp(smollm2_export):
+    xllamacpp = pytest.importorskip(
+        "xllamacpp", reason="no llama.cpp runtime: pip install 'prune-llm[llamacpp]'"
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, files = smollm2_export
+    tokenizer = AutoTokenizer.from_pretrained(result.out_dir)
+    pruned = AutoModelForCausalLM.from_pretrained(result.out_dir, dtype=torch.float32).eval()
+    ids = tokenizer([HELD_OUT], return_tensors="pt").input_ids
+    greedy = pruned.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :]
+
+    texts = {}
+    for outtype, path in files.items():
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = 256
+        params.n_parallel = 1
+        params.cpuparams.n_threads = 2
+        server = xllamacpp.Server(params)
+        answer = server.handle_completions(
+            {"prompt": HELD_OUT, "max_tokens": 8, "temperature": 0.0, "top_k": 1}
+        )
+        del server
+        assert answer["usage"]["prompt_tokens"] == ids.shape[1]  # llama.cpp tokenizes as the folder does
+        assert answer["usage"]["completion_tokens"] == 8
+        texts[outtype] = answer["choices"][0]["text"]
+    # llama.cpp's f16 greedy continuation starts as transformers' does on the pruned folder (a few tokens:
+    # later ones may flip where two logits are within f16 rounding of each other)
+    assert texts["f16"].startswith(tokenizer.decode(greedy[:3])), (texts, tokenizer.decode(greedy))
+    assert texts["q8_0"].strip()
