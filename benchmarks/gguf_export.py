@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workdir", help="where the folder and the GGUF files go (default: a temp dir)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse WORKDIR/pruned from an earlier run instead of pruning again",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -54,7 +60,10 @@ def main() -> None:
         out=str(folder),
         force=True,
     )
-    result = run_pruning(options, progress=False)
+    if args.reuse and (folder / "prune_report.json").is_file():
+        blocks_report = json.loads((folder / "prune_report.json").read_text())["model"]
+    else:
+        blocks_report = run_pruning(options, progress=False).report["model"]
     reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = load_texts("default", purpose="eval")
@@ -98,10 +107,13 @@ def main() -> None:
             }
         )
         del model
+        print(
+            json.dumps(rows[-1]), file=sys.stderr, flush=True
+        )  # a row at a time: long runs keep what they did
     summary = {
         "model": args.model,
         "target": args.target,
-        "blocks": [result.report["model"]["num_blocks_before"], result.report["model"]["num_blocks_after"]],
+        "blocks": [blocks_report["num_blocks_before"], blocks_report["num_blocks_after"]],
         "eval": {"texts": "default", "windows": args.eval_samples, "seq_len": args.seq_len},
         "rows": rows,
         "workdir": str(workdir),
