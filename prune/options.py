@@ -120,7 +120,12 @@ class PruneOptions(BaseModel):
     out: str | None = Field(
         default=None, description="Folder to save the pruned model, tokenizer and report in."
     )
-    force: bool = Field(default=False, description="Overwrite --out if it exists.")
+    force: bool = Field(default=False, description="Overwrite --out (and the --gguf file) if it exists.")
+    gguf: Literal["f32", "f16", "bf16", "q8_0"] | None = Field(
+        default=None,
+        description="Also export the pruned model to GGUF for llama.cpp / Ollama with this tensor type, as "
+        "<out>.<type>.gguf beside --out (needs pip install 'prune-llm[gguf]').",
+    )
     push_to_hub: str | None = Field(
         default=None, description="Push the pruned model with a generated model card to this Hub repo."
     )

@@ -36,6 +36,7 @@ class PruneResult:
         report: the JSON-able report (also written as ``prune_report.json`` when saved).
         out_dir: where the model was saved, if it was.
         hub_url: where it was pushed, if it was.
+        gguf: the `prune.gguf_export.GGUFExport` written beside `out_dir`, if one was asked for.
     """
 
     model: nn.Module
@@ -46,6 +47,7 @@ class PruneResult:
     out_dir: Path | None = None
     hub_url: str | None = None
     comparison: Any = field(default=None, repr=False)
+    gguf: Any = None
 
 
 def _model_info(loaded, anatomy, original: nn.Module, pruned: nn.Module, num_kept: int) -> dict[str, Any]:
@@ -109,13 +111,14 @@ def run_pruning(
     from prune.data import make_batches
     from prune.loading import load_model
     from prune.plan import parse_target, plan_pruning, required_metrics
-    from prune.preflight import check_counted_tokens, preflight
+    from prune.preflight import check_counted_tokens, preflight, resolve_out
     from prune.repair import get_repair
     from prune.surgery import remove_blocks
 
     # Everything that can be checked before the expensive work is checked first (target, output,
     # token, config, all the data), so a bad flag never costs a model load or a calibration pass.
     get_repair(options.repair)  # a misspelt repair method
+    _check_gguf(options, resolve_out(options.out, options.push_to_hub))
     checked = preflight(options, model_given=model is not None)
     out = checked.out
     if model is None:
@@ -132,6 +135,7 @@ def run_pruning(
     original = loaded.model
     anatomy = get_anatomy(original, options.block_path)
     parse_target(options.target, anatomy.num_blocks)
+    _check_gguf(options, out, architecture=type(original).__name__)
     if model is not None:
         from prune.finite import check_finite_weights
 
@@ -201,6 +205,11 @@ def run_pruning(
     )
     if out:
         result.out_dir = save_pruned(result, out, force=options.force)
+        if options.gguf:
+            from prune.gguf_export import export_gguf
+
+            result.gguf = export_gguf(result.out_dir, outtype=options.gguf, force=options.force)
+            result.report["gguf"] = result.gguf.to_dict()
     if options.push_to_hub:
         result.hub_url = _push(result, options, loaded.source)
     return result
@@ -233,6 +242,20 @@ def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, pro
     for span in report.spans:
         logger.info("repair of blocks %d-%d: %s", span.first, span.last, span.skipped or span.map)
     return report
+
+
+def _check_gguf(options: PruneOptions, out: str | None, architecture: str | None = None) -> None:
+    """With --gguf, fail before the expensive work: no --out, converter missing, family unsupported, file there."""
+    if not options.gguf:
+        return
+    from prune.errors import PruneError
+    from prune.gguf_export import check_gguf_export, default_gguf_path
+
+    if not out:
+        raise PruneError(
+            "--gguf writes the GGUF beside the saved folder: pass --out DIR too (nothing was done)"
+        )
+    check_gguf_export(architecture, options.gguf, default_gguf_path(out, options.gguf), force=options.force)
 
 
 def _strategy_needs_search(strategy: str) -> bool:

@@ -1,6 +1,6 @@
 """`prune-llm`: the command-line entry point.
 
-`prune-llm MODEL --target ...` prunes; the other forms are subcommands (`analyze`, `eval`, `run`,
+`prune-llm MODEL --target ...` prunes; the other forms are subcommands (`analyze`, `eval`, `export`, `run`,
 `recipes`, `models`, `assets`). Each command lives in its own module with a `register(subparsers)`
 function; this module only dispatches. Nothing heavy (torch, transformers) is imported here, so
 `--help` is instant: commands import the library inside their `run` function.
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "analyze": "prune.cli.analyze_cmd",
     "eval": "prune.cli.eval_cmd",
+    "export": "prune.cli.export_cmd",
     "run": "prune.cli.run_cmd",
     "recipes": "prune.cli.recipes_cmd",
     "models": "prune.cli.models_cmd",
@@ -29,6 +30,7 @@ DESCRIPTION = """Layer pruning for pretrained transformers.
   prune-llm MODEL --target 8-layers [--out DIR]   prune MODEL (Hub id, alias, folder or .gguf file)
   prune-llm analyze MODEL                         redundancy analysis only: scores, MSRS, heatmaps
   prune-llm eval MODEL_OR_DIR [--reference M]     evaluate a model (side by side with a reference)
+  prune-llm export DIR --gguf FILE [--outtype T]  convert a saved model folder to GGUF (llama.cpp)
   prune-llm run RECIPE [flags]                    prune as a recipe says
   prune-llm recipes ls | validate FILE            list or check recipes
   prune-llm models                                list model aliases

@@ -92,5 +92,8 @@ def print_summary(result) -> None:
                 print(f"  {key:<28} {_number(key, before[key]):>14} -> {_number(key, after[key]):>14}")
     if result.out_dir:
         print(f"saved to {result.out_dir} (prune_report.md explains the choice)")
+    gguf = getattr(result, "gguf", None)  # summaries of stand-in results without the field still print
+    if gguf is not None:
+        print(f"GGUF for llama.cpp: {gguf.path} ({gguf.outtype}, {gguf.size_bytes / 2**20:.1f} MiB)")
     if result.hub_url:
         print(f"pushed to {result.hub_url}")
