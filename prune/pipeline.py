@@ -136,7 +136,10 @@ def run_pruning(
         loaded = _wrap_model(model, tokenizer, options.model)
     original, tokenizer = loaded.model, loaded.tokenizer
     anatomy = get_anatomy(original, options.block_path)
-    parse_target(options.target, anatomy.num_blocks)
+    if options.target is not None:
+        parse_target(options.target, anatomy.num_blocks)
+    if options.ffn_keep is not None:
+        anatomy.require_mlp("--ffn-keep (width squeezing)")
     if tokenizer is None:
         raise DataError(
             "no tokenizer for this model: pass tokenizer= to run_pruning, or build batches yourself and call "
@@ -155,46 +158,62 @@ def run_pruning(
         num_samples=options.calib_samples,
         packed=packed,
     )
-    metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *REPORT_METRICS]))
-    logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(calib_batches))
-    stats = collect_stats(
-        original,
-        calib_batches,
-        anatomy=anatomy,
-        metrics=metrics,
-        max_tokens=options.max_tokens,
-        skip_tokens=options.skip_tokens,
-        progress=progress,
-    )
-    scores = stats.scores()
+    if options.target is None:
+        # width only: no depth statistics are needed
+        plan, scores, stats = _no_cut(anatomy.num_blocks), {}, None
+    else:
+        metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *REPORT_METRICS]))
+        logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(calib_batches))
+        stats = collect_stats(
+            original,
+            calib_batches,
+            anatomy=anatomy,
+            metrics=metrics,
+            max_tokens=options.max_tokens,
+            skip_tokens=options.skip_tokens,
+            progress=progress,
+        )
+        scores = stats.scores()
 
-    search = None
-    if _strategy_needs_search(options.strategy):
-        from prune.plan.search import SearchContext
+        search = None
+        if _strategy_needs_search(options.strategy):
+            from prune.plan.search import SearchContext
 
-        search = SearchContext(model=original, batches=calib_batches, kind=loaded.kind, anatomy=anatomy)
-    plan = plan_pruning(
-        scores,
-        anatomy.num_blocks,
-        options.target,
-        options.strategy,
-        metric=options.metric,
-        allow_last=options.allow_last,
-        seed=options.seed,
-        search=search,
-    )
+            search = SearchContext(model=original, batches=calib_batches, kind=loaded.kind, anatomy=anatomy)
+        plan = plan_pruning(
+            scores,
+            anatomy.num_blocks,
+            options.target,
+            options.strategy,
+            metric=options.metric,
+            allow_last=options.allow_last,
+            seed=options.seed,
+            search=search,
+        )
     logger.info("plan: drop blocks %s (%s)", list(plan.drop), plan.reason)
     # A model the pipeline loaded itself is only read (evaluated) and then dropped, so the pruned copy
     # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
     # in gets a real copy, so that whatever they do with the result later never reaches their model.
     pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
+    squeeze = _squeeze(options, pruned, calib_batches, progress) if options.ffn_keep is not None else None
 
     comparison, eval_info = None, {}
     if options.eval != "none":
         comparison, eval_info = _compare(options, original, pruned, tokenizer, loaded.kind)
 
     report = _build_report(
-        options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
+        options,
+        loaded,
+        anatomy,
+        original,
+        pruned,
+        plan,
+        scores,
+        stats,
+        comparison,
+        eval_info,
+        command,
+        squeeze,
     )
     result = PruneResult(
         model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison
@@ -204,6 +223,33 @@ def run_pruning(
     if options.push_to_hub:
         result.hub_url = _push(result, options, loaded.source)
     return result
+
+
+def _no_cut(num_blocks: int):
+    from prune.plan import Plan
+
+    return Plan(num_blocks, (), "none", None, "none", "no depth cut (width squeezing only)", {})
+
+
+def _squeeze(options: PruneOptions, pruned: nn.Module, calib_batches, progress: bool):
+    """Squeeze the FFNs of the (cut) model in place; statistics are taken on it, after the cut."""
+    from prune.anatomy import get_anatomy
+    from prune.width import squeeze_model
+
+    result = squeeze_model(
+        pruned,
+        calib_batches,
+        keep=options.ffn_keep,
+        method=options.ffn_method,
+        anatomy=get_anatomy(pruned, options.block_path),
+        ridge=options.ffn_ridge,
+        block_group=options.ffn_block_group,
+        max_tokens=options.max_tokens,
+        skip_tokens=options.skip_tokens,
+        inplace=True,
+        progress=progress,
+    )
+    return result.report
 
 
 def _strategy_needs_search(strategy: str) -> bool:
@@ -238,7 +284,18 @@ def _compare(options: PruneOptions, original, pruned, tokenizer, kind):
 
 
 def _build_report(
-    options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
+    options,
+    loaded,
+    anatomy,
+    original,
+    pruned,
+    plan,
+    scores,
+    stats,
+    comparison,
+    eval_info,
+    command,
+    squeeze=None,
 ):
     from prune.report import build_report
 
@@ -250,11 +307,13 @@ def _build_report(
 
         raw, normalised = msrs(scores["cka"][1:, 1:])
         extra["msrs"] = {"raw": raw, "normalised": normalised, "beta": 100.0, "eps": 0.8}
+    if squeeze is not None:
+        extra["squeeze"] = squeeze.to_dict()
     data = {
         "calib": options.calib,
         "calib_samples": options.calib_samples,
         "seq_len": options.seq_len,
-        "calib_tokens": stats.num_tokens,
+        "calib_tokens": stats.num_tokens if stats is not None else (squeeze.num_tokens if squeeze else 0),
         "skip_tokens": options.skip_tokens,
         **eval_info,
     }

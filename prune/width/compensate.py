@@ -61,15 +61,18 @@ def interpolation(
 def relative_output_error(
     problem: BlockProblem, kept: Tensor, transform: Tensor, offset: Tensor | None
 ) -> float:
-    """``E||W (a - a_K A - offset)||^2 / E||W a||^2`` on the calibration moments."""
+    """``E||W a - W' a_K - W offset||^2 / E||W a||^2`` on the calibration moments (``W' = W A^T``)."""
     m, w = problem.moment, problem.down
-    err = m - m[:, kept] @ transform - transform.T @ m[kept] + transform.T @ m[kept][:, kept] @ transform
+    wm = problem.down_moment
+    folded = w @ transform.T  # W' [d, k]
+    energy = float((wm * w).sum())
+    error = (
+        energy - 2 * float((wm[:, kept] * folded).sum()) + float(((folded @ m[kept][:, kept]) * folded).sum())
+    )
     if offset is not None:
-        residual_mean = problem.mean - transform.T @ problem.mean[kept]
-        err = err - torch.outer(residual_mean, offset) - torch.outer(offset, residual_mean)
-        err = err + torch.outer(offset, offset)
-    energy = float(((w @ m) * w).sum())
-    return max(float(((w @ err) * w).sum()), 0.0) / max(energy, 1e-300)
+        shift = w @ offset
+        error += float(shift @ shift) - 2 * float((w @ problem.mean - folded @ problem.mean[kept]) @ shift)
+    return max(error, 0.0) / max(energy, 1e-300)
 
 
 def apply_to_block(parts, kept: Tensor, transform: Tensor, offset: Tensor | None) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -44,6 +45,11 @@ class BlockProblem:
     down: Tensor
     inputs: tuple[Tensor, ...]
     intercept: bool
+
+    @cached_property
+    def down_moment(self) -> Tensor:
+        """``W E[a a^T]`` [d, d_ff], shared by the error computations."""
+        return self.down @ self.moment
 
     @property
     def size(self) -> int:
@@ -69,59 +75,116 @@ def _sorted(index: list[int] | Tensor) -> Tensor:
     return torch.as_tensor(index, dtype=torch.long).sort().values
 
 
+# Greedy steps run in chunks: each chunk re-scores every neuron, takes a pool of the best candidates and
+# picks from it one at a time, exactly (lazy rank-1 corrections restricted to the pool), then applies the
+# chunk's picks to the full matrices in one matrix product. The result is the one-at-a-time greedy as
+# long as its picks stay inside the pool; it costs about CHUNKS full-matrix updates per block instead of
+# one per neuron (memory-bound rank-1 updates of a d_ff x d_ff matrix are the slow part on a CPU).
+CHUNKS = 48
+
+
+def _greedy(
+    matrix: Tensor,
+    coeffs: Tensor | None,
+    steps: int,
+    score: Callable[[Tensor, Tensor | None], Tensor],
+    *,
+    tol: float = 0.0,
+    stop_gain: float = float("inf"),
+) -> tuple[list[int], list[float]]:
+    """Pick `steps` indices greedily; after picking j: ``M -= u u^T``, ``B -= b u^T`` with
+    ``u = M_{:,j} / sqrt(M_jj)`` and ``b = B_{:,j} / sqrt(M_jj)``.
+
+    Forward selection runs it on the residual moment (``M = S``, ``B = W S``), backward elimination on
+    the inverse moment (``M = P``, ``B`` = the re-fitted down weights): the same update.
+
+    Args:
+        matrix: M [m, m] (copied).
+        coeffs: B [d, m] (copied) or None.
+        steps: Number of picks.
+        score: ``f(diag, column_norms_squared or None)``: higher is picked first.
+        tol: Picks need ``M_jj > tol``; when none is left the picking stops early.
+        stop_gain: Stop once the picks' ``||u||^2`` add up to this much.
+
+    Returns:
+        The picked indices in order, and ``||u||^2`` of each pick (the energy it explains, for pivoting).
+    """
+    m = matrix.clone()
+    b = None if coeffs is None else coeffs.clone()
+    free = torch.ones(m.shape[0], dtype=torch.bool)
+    order: list[int] = []
+    gains: list[float] = []
+    chunk = max(1, -(-steps // CHUNKS))
+    while len(order) < steps and sum(gains) < stop_gain:
+        take = min(chunk, steps - len(order))
+        scores = score(m.diagonal(), None if b is None else (b * b).sum(0))
+        scores[~free] = -float("inf")
+        pool = torch.topk(scores, min(2 * take + 2, int(free.sum()))).indices
+        us: list[Tensor] = []
+        bs: list[Tensor] = []
+        taken = torch.zeros(pool.numel(), dtype=torch.bool)
+        for _ in range(take):
+            u_pool = torch.stack([u[pool] for u in us]) if us else None
+            diag = m.diagonal()[pool] - (0 if u_pool is None else (u_pool * u_pool).sum(0))
+            cols = None
+            if b is not None:
+                cols = b[:, pool] - (0 if u_pool is None else torch.stack(bs, 1) @ u_pool)
+            pool_scores = score(diag, None if cols is None else (cols * cols).sum(0))
+            pool_scores[taken | (diag <= tol)] = -float("inf")
+            i = int(torch.argmax(pool_scores))
+            if pool_scores[i] == -float("inf"):
+                break
+            j = int(pool[i])
+            root = float(diag[i]) ** 0.5
+            column = m[:, j] - (0 if not us else torch.stack(us, 1) @ torch.stack([u[j] for u in us]))
+            us.append(column / root)
+            if cols is not None:
+                bs.append(cols[:, i] / root)
+            taken[i] = True
+            free[j] = False
+            order.append(j)
+            gains.append(float((us[-1] * us[-1]).sum()))
+        if not us:
+            break
+        u_all = torch.stack(us)
+        m -= u_all.T @ u_all
+        if b is not None:
+            b -= torch.stack(bs, 1) @ u_all
+    return order, gains
+
+
+def _fill(order: list[int], size: int, keep: int) -> Tensor:
+    """`order` completed to `keep` indices with the lowest unpicked ones (when pivoting stopped early)."""
+    rest = [i for i in range(size) if i not in set(order)]
+    return _sorted(order + rest[: keep - len(order)])
+
+
 def select_output(problem: BlockProblem, keep: int, ridge: float) -> Tensor:
     """Backward elimination on the output error (see the module docstring)."""
     h = damped(problem.fit_moment(), ridge)
-    p = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    coeffs = problem.down.clone()
-    alive = torch.ones(problem.size, dtype=torch.bool)
-    for _ in range(problem.size - keep):
-        diag = p.diagonal()
-        cost = (coeffs * coeffs).sum(0) / diag.clamp_min(1e-300)
-        cost[~alive] = float("inf")
-        j = int(torch.argmin(cost))
-        row = p[j].clone()
-        coeffs -= torch.outer(coeffs[:, j], row / row[j])
-        p -= torch.outer(row, row) / row[j]
-        alive[j] = False
-    return _sorted(torch.nonzero(alive).flatten())
-
-
-def _forward_pivots(h: Tensor, keep: int, gain: Callable[[Tensor, Tensor | None], Tensor], w: Tensor | None):
-    """Greedy pivoting on the residual moment ``S`` (Schur complement), `keep` pivots."""
-    s = h.clone()
-    ws = None if w is None else w @ s
-    chosen: list[int] = []
-    free = torch.ones(h.shape[0], dtype=torch.bool)
-    for _ in range(keep):
-        score = gain(s, ws)
-        score[~free] = -float("inf")
-        j = int(torch.argmax(score))
-        pivot = float(s[j, j])
-        chosen.append(j)
-        free[j] = False
-        if pivot <= 0:
-            continue
-        col = s[:, j] / pivot**0.5
-        if ws is not None:
-            ws -= torch.outer(ws[:, j] / pivot**0.5, col)
-        s -= torch.outer(col, col)
-    return _sorted(chosen)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    removed, _ = _greedy(inverse, problem.down, problem.size - keep, lambda d, c: -c / d.clamp_min(1e-300))
+    mask = torch.ones(problem.size, dtype=torch.bool)
+    mask[removed] = False
+    return _sorted(torch.nonzero(mask).flatten())
 
 
 def select_output_forward(problem: BlockProblem, keep: int, ridge: float) -> Tensor:
     """Greedy forward selection on the output error (see the module docstring)."""
+    h = damped(problem.fit_moment(), ridge)
+    order, _ = _greedy(h, problem.down @ h, keep, lambda d, c: c / d.clamp_min(1e-300))
+    return _fill(order, problem.size, keep)
 
-    def gain(s: Tensor, ws: Tensor | None) -> Tensor:
-        assert ws is not None
-        return (ws * ws).sum(0) / s.diagonal().clamp_min(1e-300)
 
-    return _forward_pivots(damped(problem.fit_moment(), ridge), keep, gain, problem.down)
+def _pivot_tol(h: Tensor) -> float:
+    return 1e-12 * float(h.diagonal().max().clamp_min(1e-300))
 
 
 def select_activation(problem: BlockProblem, keep: int, ridge: float) -> Tensor:
     """Pivoted Cholesky of the activation moment: the textbook rank-revealing selection."""
-    return _forward_pivots(problem.fit_moment(), keep, lambda s, ws: s.diagonal().clone(), None)
+    h = problem.fit_moment()
+    order, _ = _greedy(h, None, keep, lambda d, c: d.clone(), tol=_pivot_tol(h))
+    return _fill(order, problem.size, keep)
 
 
 def _top(score: Tensor, keep: int) -> Tensor:
@@ -153,24 +216,14 @@ def energy_curve(moment: Tensor, *, limit: float = 0.999) -> Tensor:
     Returns:
         float64 [n_run]: entry n-1 is the fraction kept by the best n neurons found by pivoting.
     """
-    s = moment.clone()
-    total = float(s.diagonal().sum())
-    fractions: list[float] = []
-    residual = total
-    for _ in range(s.shape[0]):
-        diag = s.diagonal()
-        j = int(torch.argmax(diag))
-        pivot = float(diag[j])
-        if pivot <= 0 or total <= 0:
-            fractions.append(1.0)
-            break
-        col = s[:, j] / pivot**0.5
-        s -= torch.outer(col, col)
-        residual = float(s.diagonal().clamp_min(0).sum())
-        fractions.append(1.0 - residual / total)
-        if fractions[-1] >= limit:
-            break
-    return torch.tensor(fractions, dtype=torch.float64)
+    total = float(moment.diagonal().sum())
+    if total <= 0:
+        return torch.ones(1, dtype=torch.float64)
+    _, gains = _greedy(
+        moment, None, moment.shape[0], lambda d, c: d.clone(), tol=_pivot_tol(moment), stop_gain=limit * total
+    )
+    fractions = torch.tensor(gains, dtype=torch.float64).cumsum(0) / total
+    return fractions.clamp(max=1.0) if fractions.numel() else torch.ones(1, dtype=torch.float64)
 
 
 def neurons_needed(curve: Tensor, fraction: float, size: int) -> int:
