@@ -97,6 +97,8 @@ def build_model_card(
     plan = dict(report.get("plan") or {})
     kind = model.get("kind")
     tags = list(dict.fromkeys([*BASE_TAGS, *([plan["strategy"]] if plan.get("strategy") else [])]))
+    if report.get("squeeze"):
+        tags.append("ffn-squeeze")
     data = ModelCardData(
         base_model=base_model,
         license=license,
@@ -107,8 +109,9 @@ def build_model_card(
     body = "\n\n".join(
         part
         for part in (
-            _intro(model, plan, base_model, repo_id),
+            _intro(model, plan, base_model, repo_id, report.get("squeeze")),
             _what_was_done(plan, report.get("data") or {}),
+            _squeeze(report.get("squeeze")),
             _scores_table(report.get("scores") or {}, plan),
             _evaluation(report.get("evaluation") or {}),
             _size(model),
@@ -120,7 +123,13 @@ def build_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None) -> str:
+def _intro(
+    model: dict,
+    plan: dict,
+    base_model: str | None,
+    repo_id: str | None,
+    squeeze: Mapping[str, Any] | None = None,
+) -> str:
     name = repo_id.split("/")[-1] if repo_id else f"{model.get('spec') or base_model or 'model'} (pruned)"
     origin = (
         f"[{base_model}](https://huggingface.co/{base_model})"
@@ -130,9 +139,13 @@ def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None)
     before, after = model.get("num_blocks_before"), model.get("num_blocks_after")
     removed = len(plan.get("drop") or [])
     counts = f" with {removed} of its {before} transformer blocks removed ({after} kept)" if before else ""
+    if squeeze:
+        counts += (" and" if removed else " with") + (
+            f" every FFN squeezed from {squeeze['size_before']} to {squeeze['kept']} neurons"
+        )
     return (
         f"# {name}\n\n"
-        f"This model is {origin}{counts} by prune-llm (layer pruning, no training). It is a stock Hugging Face "
+        f"This model is {origin}{counts} by prune-llm (pruning, no training). It is a stock Hugging Face "
         "checkpoint: the kept blocks are the original weights, renumbered, and it loads without "
         "`trust_remote_code`."
     )
@@ -165,6 +178,14 @@ def _what_was_done(plan: dict, data: Mapping[str, Any]) -> str:
         lines += ["", "Scores behind the choice (all of them are in `prune_report.json`):", ""]
         lines += [f"- `{k}`: `{v}`" for k, v in shown.items()]
     return "\n".join(lines)
+
+
+def _squeeze(squeeze: Mapping[str, Any] | None) -> str:
+    if not squeeze:
+        return ""
+    from prune.report import squeeze_section
+
+    return "\n".join(squeeze_section(dict(squeeze), heading="###"))
 
 
 def _scores_table(scores: Mapping[str, Any], plan: dict) -> str:

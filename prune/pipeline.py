@@ -358,7 +358,18 @@ def _write_plots(result: PruneResult, folder: Path) -> None:
     from prune.errors import PruneError
 
     try:
-        plot_block_scores(result.scores, folder / "block_scores.png", removed=list(result.plan.drop))
+        if result.scores:
+            plot_block_scores(result.scores, folder / "block_scores.png", removed=list(result.plan.drop))
+        squeeze = result.report.get("squeeze")
+        if squeeze and squeeze["blocks"] and squeeze["blocks"][0]["neurons_for_energy"]:
+            from prune.plots import plot_neurons_needed
+
+            plot_neurons_needed(
+                [b["neurons_for_energy"] for b in squeeze["blocks"]],
+                squeeze["size_before"],
+                folder / "ffn_neurons_needed.png",
+                kept=squeeze["kept"],
+            )
         if result.comparison is not None:
             plot_before_after(result.comparison.before, result.comparison.after, folder / "before_after.png")
     except PruneError as err:  # matplotlib missing: the model and report still count
