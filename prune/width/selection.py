@@ -80,7 +80,7 @@ def _sorted(index: list[int] | Tensor) -> Tensor:
 # chunk's picks to the full matrices in one matrix product. The result is the one-at-a-time greedy as
 # long as its picks stay inside the pool; it costs about CHUNKS full-matrix updates per block instead of
 # one per neuron (memory-bound rank-1 updates of a d_ff x d_ff matrix are the slow part on a CPU).
-CHUNKS = 48
+CHUNKS = 16
 
 
 def _greedy(
