@@ -97,6 +97,8 @@ def build_model_card(
     plan = dict(report.get("plan") or {})
     kind = model.get("kind")
     tags = list(dict.fromkeys([*BASE_TAGS, *([plan["strategy"]] if plan.get("strategy") else [])]))
+    if report.get("squeeze"):
+        tags.append("ffn-squeeze")
     data = ModelCardData(
         base_model=base_model,
         license=license,
@@ -107,9 +109,10 @@ def build_model_card(
     body = "\n\n".join(
         part
         for part in (
-            _intro(model, plan, base_model, repo_id, report.get("repair")),
+            _intro(model, plan, base_model, repo_id, report.get("repair"), report.get("squeeze")),
             _what_was_done(plan, report.get("data") or {}),
             _repair(report.get("repair")),
+            _squeeze(report.get("squeeze")),
             _scores_table(report.get("scores") or {}, plan),
             _evaluation(report.get("evaluation") or {}),
             _size(model),
@@ -121,7 +124,14 @@ def build_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None, repair: Any = None) -> str:
+def _intro(
+    model: dict,
+    plan: dict,
+    base_model: str | None,
+    repo_id: str | None,
+    repair: Any = None,
+    squeeze: Mapping[str, Any] | None = None,
+) -> str:
     name = repo_id.split("/")[-1] if repo_id else f"{model.get('spec') or base_model or 'model'} (pruned)"
     origin = (
         f"[{base_model}](https://huggingface.co/{base_model})"
@@ -131,6 +141,9 @@ def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None,
     before, after = model.get("num_blocks_before"), model.get("num_blocks_after")
     removed = len(plan.get("drop") or [])
     counts = f" with {removed} of its {before} transformer blocks removed ({after} kept)" if before else ""
+    if squeeze:
+        squeezed = f" every FFN squeezed from {squeeze['size_before']} to {squeeze['kept']} neurons"
+        counts = (counts + " and" + squeezed) if removed else " with" + squeezed
     repaired = [s for s in (repair or {}).get("spans") or [] if not s.get("skipped")]
     weights = "the kept blocks are the original weights, renumbered"
     if repaired:
@@ -138,9 +151,11 @@ def _intro(model: dict, plan: dict, base_model: str | None, repo_id: str | None,
             f", with a map fitted on calibration text folded into their weights at {len(repaired)} cut(s) "
             f"(`{repair.get('method')}` repair, no training, no new parameters)"
         )
+    if squeeze:
+        weights += f"; FFN neurons chosen by `{squeeze['method']}` ({squeeze['description']})"
     return (
         f"# {name}\n\n"
-        f"This model is {origin}{counts} by prune-llm (layer pruning, no training). It is a stock Hugging Face "
+        f"This model is {origin}{counts} by prune-llm (pruning, no training). It is a stock Hugging Face "
         f"checkpoint: {weights}, and it loads without `trust_remote_code`."
     )
 
@@ -180,6 +195,14 @@ def _repair(repair: Mapping[str, Any] | None) -> str:
 
     lines = repair_lines(dict(repair) if repair else None)
     return "\n".join(lines[1:]).replace("## Repair", "### Repair", 1) if lines else ""
+
+
+def _squeeze(squeeze: Mapping[str, Any] | None) -> str:
+    if not squeeze:
+        return ""
+    from prune.report import squeeze_section
+
+    return "\n".join(squeeze_section(dict(squeeze), heading="###"))
 
 
 def _scores_table(scores: Mapping[str, Any], plan: dict) -> str:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The width methods of `prune.width.methods.FFN_METHODS` (checked equal by a test; a Literal gives the
+# CLI its choices without importing torch).
+FfnMethodName = Literal["squeeze", "squeeze-forward", "textbook", "pivot", "magnitude", "wanda", "flap"]
 
 # Tokens per CKA minibatch and per shuffle window; the collector's defaults too (chosen by measurement,
 # benchmarks/README.md "CKA minibatches").
@@ -34,9 +38,10 @@ class PruneOptions(BaseModel):
         description="Model to prune: a Hugging Face Hub id, an alias (`prune-llm models` lists them), "
         "a local folder, or a .gguf file."
     )
-    target: str = Field(
+    target: str | None = Field(
+        default=None,
         description="How many blocks to keep or drop: 'N-layers' keeps N, 'drop-N' removes N, "
-        "'P%' removes P percent of the blocks."
+        "'P%' removes P percent of the blocks. Needed unless --ffn-keep is given (width only).",
     )
     strategy: str = Field(
         default="span",
@@ -68,6 +73,31 @@ class PruneOptions(BaseModel):
         default="mse",
         description="What the repair fit minimises: mse (squared error of the hidden states, ReplaceMe) or "
         "relative (each token's error relative to its norm).",
+    )
+    ffn_keep: float | str | None = Field(
+        default=None,
+        description="Squeeze every FFN after the depth cut: the fraction of intermediate neurons each block "
+        "keeps (e.g. 0.75), or 'auto:E' for the fewest neurons with which every block keeps a fraction E of "
+        "its activation energy (e.g. auto:0.99). Every block keeps the same count (one config value).",
+    )
+    ffn_method: FfnMethodName = Field(
+        default="squeeze",
+        description="How FFN neurons are chosen and compensated: squeeze (output-aware selection + "
+        "least-squares fold into the down projection), squeeze-forward (greedy forward variant), textbook "
+        "(pivoted Cholesky of the activations + least squares, Ozen & Orailoglu), pivot (squeeze's selection, "
+        "no compensation), magnitude, wanda, flap (baselines).",
+    )
+    ffn_ridge: float = Field(
+        default=1e-3,
+        gt=0,
+        description="Damping of the FFN least-squares fits, relative to the mean neuron energy.",
+    )
+    ffn_block_group: int | None = Field(
+        default=None,
+        ge=1,
+        description="Blocks whose FFN statistics are collected in one calibration pass (a d_ff x d_ff float64 "
+        "Gram each: 19 MB for d_ff 1536, 969 MB for 11008); default: as many as fit in 2 GiB. Later groups "
+        "are measured on the model with the earlier groups already squeezed.",
     )
     calib: str = Field(
         default="default",
@@ -144,3 +174,25 @@ class PruneOptions(BaseModel):
     trust_remote_code: bool = Field(
         default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
     )
+
+    @field_validator("ffn_keep")
+    @classmethod
+    def _ffn_keep(cls, value: float | str | None) -> float | str | None:
+        if value is not None:
+            from prune.errors import TargetError
+            from prune.width.budget import parse_ffn_keep
+
+            try:
+                parse_ffn_keep(value)
+            except TargetError as err:  # pydantic reports ValueErrors as validation errors
+                raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> PruneOptions:
+        if self.target is None and self.ffn_keep is None:
+            raise ValueError(
+                "nothing to prune: pass --target (blocks to remove, e.g. 8-layers) and/or --ffn-keep "
+                "(FFN width to keep, e.g. 0.75)"
+            )
+        return self

@@ -134,7 +134,10 @@ def run_pruning(
         loaded = _wrap_model(model, tokenizer, options.model)
     original = loaded.model
     anatomy = get_anatomy(original, options.block_path)
-    parse_target(options.target, anatomy.num_blocks)
+    if options.target is not None:
+        parse_target(options.target, anatomy.num_blocks)
+    if options.ffn_keep is not None:
+        anatomy.require_mlp("--ffn-keep (width squeezing)")
     _check_gguf(options, out, architecture=type(original).__name__)
     if model is not None:
         from prune.finite import check_finite_weights
@@ -151,44 +154,50 @@ def run_pruning(
         num_samples=options.calib_samples,
         packed=packed,
     )
-    metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *REPORT_METRICS]))
-    logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(calib_batches))
-    stats = collect_stats(
-        original,
-        calib_batches,
-        anatomy=anatomy,
-        metrics=metrics,
-        max_tokens=options.max_tokens,
-        skip_tokens=options.skip_tokens,
-        cka_minibatch=options.cka_minibatch,
-        cka_window=options.cka_window,
-        seed=options.seed,
-        progress=progress,
-    )
-    check_counted_tokens(stats.num_tokens, options.skip_tokens)
-    scores = stats.scores()
+    if options.target is None:
+        # width only: no depth statistics are needed
+        plan, scores, stats = _no_cut(anatomy.num_blocks), {}, None
+    else:
+        metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *REPORT_METRICS]))
+        logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(calib_batches))
+        stats = collect_stats(
+            original,
+            calib_batches,
+            anatomy=anatomy,
+            metrics=metrics,
+            max_tokens=options.max_tokens,
+            skip_tokens=options.skip_tokens,
+            cka_minibatch=options.cka_minibatch,
+            cka_window=options.cka_window,
+            seed=options.seed,
+            progress=progress,
+        )
+        check_counted_tokens(stats.num_tokens, options.skip_tokens)
+        scores = stats.scores()
 
-    search = None
-    if _strategy_needs_search(options.strategy):
-        from prune.plan.search import SearchContext
+        search = None
+        if _strategy_needs_search(options.strategy):
+            from prune.plan.search import SearchContext
 
-        search = SearchContext(model=original, batches=calib_batches, kind=loaded.kind, anatomy=anatomy)
-    plan = plan_pruning(
-        scores,
-        anatomy.num_blocks,
-        options.target,
-        options.strategy,
-        metric=options.metric,
-        allow_last=options.allow_last,
-        seed=options.seed,
-        search=search,
-    )
+            search = SearchContext(model=original, batches=calib_batches, kind=loaded.kind, anatomy=anatomy)
+        plan = plan_pruning(
+            scores,
+            anatomy.num_blocks,
+            options.target,
+            options.strategy,
+            metric=options.metric,
+            allow_last=options.allow_last,
+            seed=options.seed,
+            search=search,
+        )
     logger.info("plan: drop blocks %s (%s)", list(plan.drop), plan.reason)
     # A model the pipeline loaded itself is only read (evaluated) and then dropped, so the pruned copy
     # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
     # in gets a real copy, so that whatever they do with the result later never reaches their model.
     pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
     repair = _repair(options, original, pruned, plan, anatomy, calib_batches, progress)
+    # the squeeze measures the model it squeezes: after the cut and its repair
+    squeeze = _squeeze(options, pruned, calib_batches, progress) if options.ffn_keep is not None else None
 
     comparison, eval_info = None, {}
     if checked.eval_texts is not None:
@@ -197,7 +206,18 @@ def run_pruning(
         )
 
     report = _build_report(
-        options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
+        options,
+        loaded,
+        anatomy,
+        original,
+        pruned,
+        plan,
+        scores,
+        stats,
+        comparison,
+        eval_info,
+        command,
+        squeeze,
     )
     report["repair"] = repair.to_dict()
     result = PruneResult(
@@ -258,6 +278,33 @@ def _check_gguf(options: PruneOptions, out: str | None, architecture: str | None
     check_gguf_export(architecture, options.gguf, default_gguf_path(out, options.gguf), force=options.force)
 
 
+def _no_cut(num_blocks: int):
+    from prune.plan import Plan
+
+    return Plan(num_blocks, (), "none", None, "none", "no depth cut (width squeezing only)", {})
+
+
+def _squeeze(options: PruneOptions, pruned: nn.Module, calib_batches, progress: bool):
+    """Squeeze the FFNs of the (cut) model in place; statistics are taken on it, after the cut."""
+    from prune.anatomy import get_anatomy
+    from prune.width import squeeze_model
+
+    result = squeeze_model(
+        pruned,
+        calib_batches,
+        keep=options.ffn_keep,
+        method=options.ffn_method,
+        anatomy=get_anatomy(pruned, options.block_path),
+        ridge=options.ffn_ridge,
+        block_group=options.ffn_block_group,
+        max_tokens=options.max_tokens,
+        skip_tokens=options.skip_tokens,
+        inplace=True,
+        progress=progress,
+    )
+    return result.report
+
+
 def _strategy_needs_search(strategy: str) -> bool:
     from prune.plan import STRATEGIES
 
@@ -307,7 +354,18 @@ def _compare(options: PruneOptions, original, pruned, tokenizer, kind, eval_text
 
 
 def _build_report(
-    options, loaded, anatomy, original, pruned, plan, scores, stats, comparison, eval_info, command
+    options,
+    loaded,
+    anatomy,
+    original,
+    pruned,
+    plan,
+    scores,
+    stats,
+    comparison,
+    eval_info,
+    command,
+    squeeze=None,
 ):
     from prune.report import build_report
 
@@ -319,11 +377,13 @@ def _build_report(
 
         raw, normalised = msrs(scores["cka"][1:, 1:])
         extra["msrs"] = {"raw": raw, "normalised": normalised, "beta": 100.0, "eps": 0.8}
+    if squeeze is not None:
+        extra["squeeze"] = squeeze.to_dict()
     data = {
         "calib": options.calib,
         "calib_samples": options.calib_samples,
         "seq_len": options.seq_len,
-        "calib_tokens": stats.num_tokens,
+        "calib_tokens": stats.num_tokens if stats is not None else (squeeze.num_tokens if squeeze else 0),
         "skip_tokens": options.skip_tokens,
         "cka_minibatch": options.cka_minibatch,
         "cka_window": options.cka_window,
@@ -371,12 +431,23 @@ def _write_plots(result: PruneResult, folder: Path) -> None:
 
     try:
         name = result.report["model"]["spec"]
-        plot_block_scores(
-            result.scores,
-            folder / "block_scores.png",
-            removed=list(result.plan.drop),
-            title=f"{name}: per-block scores (removed blocks marked)",
-        )
+        if result.scores:
+            plot_block_scores(
+                result.scores,
+                folder / "block_scores.png",
+                removed=list(result.plan.drop),
+                title=f"{name}: per-block scores (removed blocks marked)",
+            )
+        squeeze = result.report.get("squeeze")
+        if squeeze and squeeze["blocks"] and squeeze["blocks"][0]["neurons_for_energy"]:
+            from prune.plots import plot_neurons_needed
+
+            plot_neurons_needed(
+                [b["neurons_for_energy"] for b in squeeze["blocks"]],
+                squeeze["size_before"],
+                folder / "ffn_neurons_needed.png",
+                kept=squeeze["kept"],
+            )
         if result.comparison is not None:
             plot_before_after(
                 result.comparison.before,

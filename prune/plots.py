@@ -192,6 +192,50 @@ def plot_block_scores(
     return _save(figure, path)
 
 
+def plot_neurons_needed(
+    counts: Sequence[Mapping[str, int]],
+    size: int,
+    path: str | Path,
+    *,
+    kept: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Plot, per block, the FFN neurons that keep each fraction of the activation energy.
+
+    Args:
+        counts: One mapping per block: energy level (e.g. "0.99") -> neurons needed.
+        size: d_ff (the y axis ends there).
+        path: Where to write the PNG.
+        kept: Neurons a squeeze kept in every block, drawn as a line.
+        title: Figure title.
+
+    Example:
+        >>> plot_neurons_needed([{"0.9": 300, "0.99": 900}], 1536, "neurons.png")  # doctest: +SKIP
+    """
+    if not counts:
+        raise PruneError("no per-block neuron counts to plot; pass the counts of at least one block")
+    figure = _figure(max(6.4, min(14.0, 0.2 * len(counts) + 4)), 4.0)
+    axes = figure.add_subplot()
+    blocks = list(range(len(counts)))
+    for level, marker in zip(counts[0], "osD^", strict=False):
+        axes.plot(
+            blocks, [c[level] for c in counts], marker=marker, markersize=4, label=f"{level} of the energy"
+        )
+    if kept is not None:
+        axes.axhline(kept, color="tab:red", linestyle="--", label=f"kept ({kept})")
+    axes.axhline(size, color="gray", linewidth=0.8)
+    ticks = _tick_positions(len(counts))
+    axes.set_xticks(ticks, [str(i) for i in ticks])
+    axes.set_ylim(0, size * 1.05)
+    axes.set_xlabel("block")
+    axes.set_ylabel(f"FFN neurons needed (of {size})")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)
+
+
 def plot_before_after(
     before: Mapping[str, Any],
     after: Mapping[str, Any],

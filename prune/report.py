@@ -127,9 +127,14 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"(target `{plan.get('target')}`, strategy `{plan.get('strategy')}`"
         + (f", metric `{plan['metric']}`" if plan.get("metric") else "")
         + ")",
-        f"- Removed blocks: {', '.join(str(i) for i in plan.get('drop', []))}",
+        f"- Removed blocks: {', '.join(str(i) for i in plan.get('drop', [])) or 'none'}",
         f"- Why: {plan.get('reason')}",
     ]
+    if report.get("squeeze"):
+        squeeze = report["squeeze"]
+        lines += [
+            f"- FFN width: {squeeze['size_before']} -> {squeeze['kept']} neurons in every block ({squeeze['method']})"
+        ]
     if report.get("command"):
         lines += [f"- Reproduce: `{report['command']}`"]
     lines += repair_lines(report.get("repair"))
@@ -158,6 +163,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             # One bullet per part: the protocol is long (each part states its own method), and one
             # paragraph of it is unreadable.
             lines += ["", "Protocol:", "", *(f"- **{k}**: {v}" for k, v in protocol.items())]
+    if report.get("squeeze"):
+        lines += ["", *squeeze_section(report["squeeze"])]
     scores = report.get("scores") or {}
     per_block = {k: v for k, v in scores.items() if isinstance(v, list) and v and not isinstance(v[0], list)}
     if per_block:
@@ -216,6 +223,40 @@ def repair_lines(repair: dict[str, Any] | None) -> list[str]:
     lines += _table(["cut blocks", "map in block", "map", "error plain cut", "error repaired", "ridge"], rows)
     lines += [f"- Warning: {w}" for w in repair.get("warnings") or []]
     return lines
+
+
+def squeeze_section(squeeze: dict[str, Any], *, heading: str = "##") -> list[str]:
+    """Markdown lines for a `SqueezeReport` dict: the method, and per block the kept neurons and the
+    relative FFN output error on calibration data with and without the compensation."""
+    lines = [
+        f"{heading} FFN squeeze",
+        "",
+        f"- Method: `{squeeze['method']}`: {squeeze['description']}",
+        f"- Kept: {squeeze['kept']} of {squeeze['size_before']} neurons in every block (keep {squeeze['keep']}; "
+        "stock configs hold one intermediate size)",
+        f"- Fitted on {squeeze['num_tokens']:,} calibration tokens in {squeeze['passes']} pass(es), ridge "
+        f"{squeeze['ridge']:g}, {squeeze['gram_bytes_per_block'] / 1e6:.1f} MB of statistics per block, "
+        f"{squeeze['seconds']:.1f} s",
+        "",
+        "Relative output error of each FFN, E||W a - W' a_K||^2 / E||W a||^2 on calibration data, with the "
+        "fold and with the same neurons merely removed; neurons needed to keep a fraction of the activation "
+        "energy (pivoted Cholesky):",
+        "",
+    ]
+    levels = list(squeeze["blocks"][0].get("neurons_for_energy") or {}) if squeeze["blocks"] else []
+    rows = [
+        [
+            b["block"],
+            b["kept"],
+            b["error"],
+            b["error_uncompensated"],
+            *(b["neurons_for_energy"][k] for k in levels),
+        ]
+        for b in squeeze["blocks"]
+    ]
+    return lines + _table(
+        ["block", "kept", "error", "error without fold", *(f"neurons for {k}" for k in levels)], rows
+    )
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:

@@ -295,14 +295,19 @@ def _check_outputs(out, num_blocks: int) -> dict:
         "analysis.txt",
         "block_scores.png",
         "cka_heatmap.png",
+        "ffn_neurons_needed.png",
     ]
-    for name in ("block_scores.png", "cka_heatmap.png"):
+    for name in ("block_scores.png", "cka_heatmap.png", "ffn_neurons_needed.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
         pixels = image.imread(out / name)
         assert pixels.ndim == 3 and pixels.shape[2] in (3, 4) and pixels.shape[0] > 200
     data = json.loads((out / "analysis.json").read_text())
     assert data["num_blocks"] == num_blocks and data["num_tokens"] > 0
     assert len(data["blocks"]) == num_blocks and len(data["scores"]["bi"]) == num_blocks
+    needed = data["ffn_neurons_needed"]
+    assert len(needed["counts"]) == num_blocks
+    for counts in needed["counts"]:  # more energy needs more neurons, never more than d_ff
+        assert 0 < counts["0.9"] <= counts["0.99"] <= counts["0.999"] <= needed["size"]
     for name in ("cka", "angular"):
         matrix = data["scores"][name]
         assert len(matrix) == num_blocks + 1 and all(len(row) == num_blocks + 1 for row in matrix)
@@ -335,13 +340,24 @@ def test_cli_analyze_minilm(tmp_path, capsys):
     assert data["meta"]["model"] == "minilm-l6" and data["meta"]["kind"] == "encoder"
     assert "MSRS (beta=100, eps=0.8)" in printed and "most redundant by" in printed
     assert printed.count("\n") > 6 + 5
+    assert "FFN neurons needed per block" in printed
 
     # An existing folder is kept unless --force; --json prints the same analysis as the file.
     before = (out / "analysis.json").read_text()
     with pytest.raises(PruneError, match="--force"):
         _run_cli(argv, capsys)
     assert (out / "analysis.json").read_text() == before
-    rerun = [*argv, "--force", "--json", "--token-mode", "mean", "--no-plots", "--skip-tokens", "1"]
+    rerun = [
+        *argv,
+        "--force",
+        "--json",
+        "--token-mode",
+        "mean",
+        "--no-plots",
+        "--skip-tokens",
+        "1",
+        "--no-neurons",
+    ]
     status, printed = _run_cli(rerun, capsys)
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == ["analysis.json", "analysis.txt"]  # replaced whole
@@ -357,7 +373,7 @@ def test_cli_analyze_resumes_from_its_state_file(tmp_path, capsys, monkeypatch):
     import prune.collect.collector as collector
 
     argv = ["minilm-l6", "--calib-samples", "16", "--seq-len", "32", "--batch-size", "4"]
-    argv += ["--device", "cpu", "--quiet", "--no-plots", "--json"]
+    argv += ["--device", "cpu", "--quiet", "--no-plots", "--json", "--no-neurons"]
     status, printed = _run_cli([*argv, "--out", str(tmp_path / "whole")], capsys)
     assert status == 0
     whole = json.loads(printed)

@@ -125,7 +125,7 @@ def test_analyze_cli_two_processes_equal_one(tmp_path: Path) -> None:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     common = ["minilm-l6", "--calib-samples", "24", "--seq-len", "64", "--batch-size", "4"]
-    common += ["--device", "cpu", "--quiet", "--no-plots"]
+    common += ["--device", "cpu", "--quiet", "--no-plots", "--no-neurons"]
     one = [sys.executable, "-m", "prune.cli", "analyze", *common, "--out", str(tmp_path / "one")]
     two = [
         sys.executable,

@@ -150,3 +150,28 @@ def test_the_run_repairs_by_default_and_records_it(minilm, tmp_path):
         )
     markdown = (Path(repaired.out_dir) / "prune_report.md").read_text()
     assert "## Repair" in markdown and "affine" in markdown
+
+
+@pytest.mark.slow
+def test_depth_then_width_in_one_run(minilm, tmp_path):
+    """--target and --ffn-keep together: the cut, then the squeeze measured on the cut model; stock reload."""
+    from transformers import AutoModel
+
+    model, tokenizer = minilm
+    options = PruneOptions(
+        model="my-minilm", target="drop-2", ffn_keep=0.5, out=str(tmp_path / "out"), eval="none", **FAST
+    )
+    result = prune.run_pruning(options, model=model, tokenizer=tokenizer, progress=False)
+    assert model.config.intermediate_size == 1536 and len(model.encoder.layer) == 6  # untouched
+    assert len(result.model.encoder.layer) == 4 and result.model.config.intermediate_size == 768
+    squeeze = result.report["squeeze"]
+    assert squeeze["kept"] == 768 and [b["block"] for b in squeeze["blocks"]] == [0, 1, 2, 3]
+    assert all(b["error"] <= b["error_uncompensated"] for b in squeeze["blocks"])
+    reloaded = AutoModel.from_pretrained(result.out_dir).eval()
+    ids = tokenizer(["a short test sentence"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(**ids).last_hidden_state, result.model(**ids).last_hidden_state, atol=1e-5, rtol=1e-5
+        )
+    assert (Path(result.out_dir) / "ffn_neurons_needed.png").is_file()
+    assert "FFN squeeze" in (Path(result.out_dir) / "prune_report.md").read_text()

@@ -14,7 +14,7 @@ import pytest
 
 from prune.cli import recipes_cmd, run_cmd
 from prune.cli.flags import add_option_flags, field_flag, options_from_args, overrides_from_args
-from prune.errors import RecipeError
+from prune.errors import PruneError, RecipeError
 from prune.options import PruneOptions
 from prune.recipes import (
     RECIPE_KEYS,
@@ -256,13 +256,17 @@ def test_flags_parse_types_bounds_and_choices(capsys):
     assert "--calib-samples: must be >= 1" in capsys.readouterr().err
 
 
-def test_full_mode_has_model_positional_and_target_required():
+def test_full_mode_has_model_positional_and_needs_a_target_or_a_width():
     parser = argparse.ArgumentParser()
     add_option_flags(parser, overrides_only=False)
     options = options_from_args(parser.parse_args(["minilm-l6", "--target", "4-layers", "--seq-len", "64"]))
     assert options == PruneOptions(model="minilm-l6", target="4-layers", seq_len=64)
     with pytest.raises(SystemExit):
-        parser.parse_args(["minilm-l6"])  # --target is required
+        parser.parse_args([])  # MODEL is required
+    # --target or --ffn-keep (width only): one of them must be given
+    with pytest.raises(PruneError, match="nothing to prune"):
+        options_from_args(parser.parse_args(["minilm-l6"]))
+    assert options_from_args(parser.parse_args(["minilm-l6", "--ffn-keep", "0.5"])).target is None
 
 
 def test_flags_module_does_not_import_torch():

@@ -11,7 +11,7 @@ from pathlib import Path
 from prune.cli.flags import positive_int, value_parser
 from prune.options import PruneOptions
 
-PLOTS = ("cka_heatmap.png", "block_scores.png")
+PLOTS = ("cka_heatmap.png", "block_scores.png", "ffn_neurons_needed.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-plots", action="store_true", help="Do not draw the PNG figures (no matplotlib)."
     )
+    parser.add_argument(
+        "--no-neurons",
+        action="store_true",
+        help="Skip the FFN neurons-needed table (one more calibration pass, and a d_ff x d_ff Gram per block).",
+    )
+    option("--ffn-block-group", "ffn_block_group", type=positive_int, metavar="N")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.set_defaults(func=run)
 
@@ -185,16 +191,33 @@ def run(args: argparse.Namespace) -> int:
         meta=meta,
     )
     check_counted_tokens(analysis.num_tokens, args.skip_tokens)
+    needed = None
+    if not args.no_neurons and anatomy.mlp is not None:
+        from prune.width.energy import neurons_needed
+
+        needed = neurons_needed(
+            loaded.model,
+            batches,
+            anatomy=anatomy,
+            block_group=args.ffn_block_group,
+            max_tokens=args.max_tokens,
+            skip_tokens=args.skip_tokens,
+            accelerator=accelerator,
+            progress=not args.quiet,
+        )
     if accelerator is not None and not accelerator.is_main_process:
         return 0  # every process holds the same totals; one writes them
     data = analysis.to_dict()
     text = "\n".join([analysis.to_table(), "", *analysis_summary_lines(analysis)])
+    if needed is not None:
+        data["ffn_neurons_needed"] = needed.to_dict()
+        text += "\n\n" + "\n".join(needed.table_lines())
 
     with atomic_output_dir(out, force=args.force) as folder:
         folder = Path(folder)
         (folder / "analysis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
         (folder / "analysis.txt").write_text(text + "\n")
-        plots = "" if args.no_plots else _write_plots(analysis, folder, args.model)
+        plots = "" if args.no_plots else _write_plots(analysis, folder, args.model, needed)
 
     if args.json:
         print(json.dumps(data, indent=2, allow_nan=False))
@@ -223,7 +246,7 @@ def _distributed_accelerator(device: str):
     return Accelerator(cpu=device == "cpu")
 
 
-def _write_plots(analysis, folder: Path, model: str) -> str:
+def _write_plots(analysis, folder: Path, model: str, needed=None) -> str:
     """Draw the figures; without matplotlib, write nothing and say how to get them (the rest is written)."""
     from prune.errors import PruneError
     from prune.plots import plot_block_scores, plot_cka_heatmap, require_matplotlib
@@ -247,4 +270,10 @@ def _write_plots(analysis, folder: Path, model: str) -> str:
             axis_label="output of block (emb = embeddings)",
         )
     plot_block_scores(analysis.scores, folder / PLOTS[1], title=f"{model}: per-block scores")
+    if needed is not None:
+        from prune.plots import plot_neurons_needed
+
+        plot_neurons_needed(
+            needed.counts, needed.size, folder / PLOTS[2], title=f"{model}: FFN neurons needed"
+        )
     return ""

@@ -137,7 +137,9 @@ def options_from_args(args: argparse.Namespace, model: type[BaseModel] = PruneOp
         return model.model_validate(values)
     except ValidationError as err:
         first = err.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "?"
+        if not first["loc"]:  # a check across options: its message says what to pass
+            raise PruneError(str(first["msg"]).removeprefix("Value error, ")) from None
+        name = str(first["loc"][0])
         raise PruneError(f"{field_flag(name)}: {first['msg']}; fix the value of {field_flag(name)}") from None
 
 

@@ -1,6 +1,6 @@
 """`prune-llm`: the command-line entry point.
 
-`prune-llm MODEL --target ...` prunes; the other forms are subcommands (`analyze`, `eval`, `export`, `run`,
+`prune-llm MODEL --target ...` prunes; the other forms are subcommands (`squeeze`, `analyze`, `eval`, `export`, `run`,
 `recipes`, `models`, `assets`). Each command lives in its own module with a `register(subparsers)`
 function; this module only dispatches. Nothing heavy (torch, transformers) is imported here, so
 `--help` is instant: commands import the library inside their `run` function.
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # subcommand name -> module that registers it
 COMMANDS = {
     "analyze": "prune.cli.analyze_cmd",
+    "squeeze": "prune.cli.squeeze_cmd",
     "eval": "prune.cli.eval_cmd",
     "export": "prune.cli.export_cmd",
     "run": "prune.cli.run_cmd",
@@ -28,6 +29,7 @@ PRUNE_MODULE = "prune.cli.prune_cmd"
 DESCRIPTION = """Layer pruning for pretrained transformers.
 
   prune-llm MODEL --target 8-layers [--out DIR]   prune MODEL (Hub id, alias, folder or .gguf file)
+  prune-llm squeeze MODEL --ffn-keep 0.75         width-prune every FFN (add --ffn-keep to the above for both)
   prune-llm analyze MODEL                         redundancy analysis only: scores, MSRS, heatmaps
   prune-llm eval MODEL_OR_DIR [--reference M]     evaluate a model (side by side with a reference)
   prune-llm export DIR --gguf FILE [--outtype T]  convert a saved model folder to GGUF (llama.cpp)

@@ -78,7 +78,16 @@ def print_summary(result) -> None:
     report = result.report
     model, plan = report["model"], report["plan"]
     print(f"{model['spec']}: {model['num_blocks_before']} -> {model['num_blocks_after']} blocks")
-    print(f"removed blocks {list(plan['drop'])} ({plan['strategy']}): {plan['reason']}")
+    if plan["drop"]:
+        print(f"removed blocks {list(plan['drop'])} ({plan['strategy']}): {plan['reason']}")
+    squeeze = report.get("squeeze")
+    if squeeze:
+        errors = [b["error"] for b in squeeze["blocks"]]
+        print(
+            f"FFN width {squeeze['size_before']} -> {squeeze['kept']} in every block ({squeeze['method']}, "
+            f"keep {squeeze['keep']}); relative output error mean {sum(errors) / len(errors):.4f}, "
+            f"max {max(errors):.4f}"
+        )
     print(f"parameters {model['params_before']:,} -> {model['params_after']:,}")
     evaluation = report.get("evaluation")
     if evaluation:

@@ -325,7 +325,13 @@ def collect_site_sums(
                         f"the forward pass did not run capture sites {missing} "
                         f"({', '.join(sites[m].describe() for m in missing)}); name modules the model runs"
                     )
-                reference = next(v for v in hooks.captured.values() if v.dim() == 3)
+                reference = next((v for v in hooks.captured.values() if v.dim() == 3), None)
+                if (
+                    reference is None
+                ):  # every site flattened (OPT's MLP runs on [B*T, d]): shape from the batch
+                    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
+                    some = next(iter(hooks.captured.values()))
+                    reference = torch.empty((*ids.shape[:2], 0), device=some.device)
                 mask = valid_mask(batch, reference, remaining, skip_tokens)
                 rows = {name: _rows(value, mask, name) for name, value in hooks.captured.items()}
                 hooks.captured = {}
