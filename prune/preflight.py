@@ -100,7 +100,8 @@ def preflight(options: Any, *, model_given: bool) -> Checked:
     from prune.output import check_output_dir
     from prune.plan import check_target_form, parse_target
 
-    check_target_form(options.target)
+    if options.target is not None:  # width squeezing alone has no depth target
+        check_target_form(options.target)
     out = resolve_out(options.out, options.push_to_hub)
     source = None if model_given else resolve_model_source(options.model)
     if out is not None and source is not None and source.kind != "hub":
@@ -118,7 +119,7 @@ def preflight(options: Any, *, model_given: bool) -> Checked:
         facts = read_model_facts(source, trust_remote_code=options.trust_remote_code)
         # A user-named block list may not be what the config counts; the range is then checked after loading.
         num_blocks = facts.num_blocks if options.block_path is None else None
-        if num_blocks is not None:
+        if num_blocks is not None and options.target is not None:
             parse_target(options.target, num_blocks)
         check_sequence_options(options.seq_len, options.skip_tokens, facts.max_positions)
     else:

@@ -40,16 +40,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_out_dir(model: str, target: str) -> str:
-    """pruned/<model-name>-<target>: where a run without --out saves (never an existing folder's parent).
+def default_out_dir(model: str, target: str | None, ffn_keep: float | str | None = None) -> str:
+    """pruned/<model-name>-<target>[-ffn<keep>]: where a run without --out saves (never an existing
+    folder's parent).
 
     Example:
         >>> default_out_dir("HuggingFaceTB/SmolLM2-135M", "24-layers")
         'pruned/SmolLM2-135M-24-layers'
+        >>> default_out_dir("minilm-l6", None, 0.75)
+        'pruned/minilm-l6-ffn0.75'
     """
     name = Path(model.rstrip("/\\")).name
     name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{name}-{target.strip()}").strip("-.") or "model"
+    parts = [name, *([target.strip()] if target else []), *([f"ffn{ffn_keep}"] if ffn_keep is not None else [])]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-.") or "model"
     return f"pruned/{slug.replace('%', 'pct')}"
 
 
@@ -58,7 +62,7 @@ def with_default_out(options):
     stderr before the run starts."""
     if options.out is not None or options.push_to_hub:
         return options
-    out = default_out_dir(options.model, options.target)
+    out = default_out_dir(options.model, options.target, options.ffn_keep)
     print(f"no --out given: the pruned model will be saved to {out}", file=sys.stderr)
     return options.model_copy(update={"out": out})
 

@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the pipeline with no depth cut and the FFN squeeze; prints a summary (or the JSON report)."""
     import json
 
-    from prune.cli.prune_cmd import print_summary
+    from prune.cli.prune_cmd import print_summary, with_default_out
     from prune.pipeline import run_pruning
 
-    options = options_from_args(args)
+    options = with_default_out(options_from_args(args))
     command = "prune-llm " + shlex.join(getattr(args, "argv", []) or [])
     result = run_pruning(options, command=command, progress=not args.quiet)
     if args.json:
