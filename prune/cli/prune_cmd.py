@@ -52,7 +52,11 @@ def default_out_dir(model: str, target: str | None, ffn_keep: float | str | None
     """
     name = Path(model.rstrip("/\\")).name
     name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)
-    parts = [name, *([target.strip()] if target else []), *([f"ffn{ffn_keep}"] if ffn_keep is not None else [])]
+    parts = [
+        name,
+        *([target.strip()] if target else []),
+        *([f"ffn{ffn_keep}"] if ffn_keep is not None else []),
+    ]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-.") or "model"
     return f"pruned/{slug.replace('%', 'pct')}"
 
