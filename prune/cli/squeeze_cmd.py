@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from prune.cli.flags import add_option_flags, options_from_args
+from prune.cli.flags import add_option_flags
 
 # Depth-only options: `squeeze` cuts no block (use `prune-llm MODEL --target ... --ffn-keep ...` for both).
 DEPTH_FIELDS = ("target", "strategy", "metric", "allow_last")
@@ -32,16 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline with no depth cut and the FFN squeeze; prints a summary (or the JSON report)."""
-    import json
+    from prune.cli import prune_cmd
 
-    from prune.cli.prune_cmd import print_summary, with_default_out
-    from prune.pipeline import run_pruning
-
-    options = with_default_out(options_from_args(args))
-    command = "prune-llm " + shlex.join(getattr(args, "argv", []) or [])
-    result = run_pruning(options, command=command, progress=not args.quiet)
-    if args.json:
-        print(json.dumps(result.report, indent=2))
-    else:
-        print_summary(result)
-    return 0
+    # the same run as the prune command: its flags simply lack the depth options
+    return prune_cmd.run(args)

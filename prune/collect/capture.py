@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from prune.anatomy.spec import resolve_attr
 from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
+from prune.collect.collector import _input_device
 from prune.collect.stats import CollectError, atomic_torch_save, read_state
 from prune.errors import AnatomyError
 from prune.forward import forward_accepts
@@ -366,12 +367,6 @@ def collect_site_sums(
         count = accelerator.reduce(count.to(accelerator.device), reduction="sum").cpu()
     info = {"batches": consumed, "max_tokens": max_tokens, "skip_tokens": skip_tokens, "num_processes": world}
     return SiteStats(sums=totals, num_tokens=int(count), info=info)
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    from prune.collect.collector import _input_device as device_of
-
-    return device_of(model)
 
 
 __all__ = [
