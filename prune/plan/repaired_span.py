@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from prune.plan.base import PlanError, Selection, Strategy, describe_blocks, last_note, register
 from prune.plan.scoring import get_ranking, rounded
+from prune.plan.strategies import span_distances
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -66,8 +67,8 @@ class RepairedSpanStrategy(Strategy):
         matrix = ranking.matrix(scores, num_blocks)
         if self.pieces > 1 and num_drop >= self.pieces:
             return self._select_pieces(matrix, num_blocks, num_drop, allow_last, search)
-        last_start = num_blocks - num_drop if allow_last else num_blocks - 1 - num_drop
-        distances = {start: float(matrix[start, start + num_drop]) for start in range(1, last_start + 1)}
+        # from block 1: a linear map needs a kept block before the span
+        distances = span_distances(matrix, num_blocks, num_drop, allow_last, first=1)
         if not distances:
             raise PlanError(
                 f"no span of {num_drop} blocks has a kept block before it in a {num_blocks}-block model; "

@@ -22,6 +22,22 @@ if TYPE_CHECKING:
     from prune.plan.search import SearchContext
 
 
+def span_distances(
+    matrix: Tensor, num_blocks: int, num_drop: int, allow_last: bool, first: int = 0
+) -> dict[int, float]:
+    """``{start: d(start, num_drop)}`` for every span of `num_drop` blocks starting at `first` or later.
+
+    Without `allow_last` a span must end before the last block (``start + num_drop <= L - 1``).
+
+    Example:
+        >>> import torch
+        >>> span_distances(torch.arange(16.0).view(4, 4), 4, 2, allow_last=False)
+        {0: 2.0, 1: 7.0}
+    """
+    last_start = num_blocks - num_drop if allow_last else num_blocks - 1 - num_drop
+    return {start: float(matrix[start, start + num_drop]) for start in range(first, last_start + 1)}
+
+
 @dataclass(frozen=True)
 class SpanStrategy(Strategy):
     """Cut the contiguous span of n blocks whose input and output are most alike (Gromov et al. 2024).
@@ -49,11 +65,10 @@ class SpanStrategy(Strategy):
         ranking = get_ranking(metric or "angular")
         assert ranking.matrix is not None  # every metric span accepts is pairwise
         matrix = ranking.matrix(scores, num_blocks)
-        last_start = num_blocks - num_drop if allow_last else num_blocks - 1 - num_drop
-        distances = [float(matrix[start, start + num_drop]) for start in range(last_start + 1)]
-        best = min(range(len(distances)), key=lambda start: (distances[start], start))
+        distances = span_distances(matrix, num_blocks, num_drop, allow_last)
+        best = min(distances, key=lambda start: (distances[start], start))
         drop = tuple(range(best, best + num_drop))
-        others = sorted((d, s) for s, d in enumerate(distances) if s != best)
+        others = sorted((d, s) for s, d in distances.items() if s != best)
 
         name = "angular distance" if ranking.name == "angular" else "1 - CKA"
         reason = (
@@ -63,14 +78,14 @@ class SpanStrategy(Strategy):
         if others:
             reason += (
                 f" (next best start {others[0][1]}: {others[0][0]:.4f}; median of "
-                f"{len(distances)} starts {statistics.median(distances):.4f})"
+                f"{len(distances)} starts {statistics.median(distances.values()):.4f})"
             )
         reason += last_note(allow_last, num_blocks) + "."
         details: dict[str, Any] = {
             "span_start": best,
             "span_length": num_drop,
             "distance": rounded(distances[best], 6),
-            "distance_by_start": [rounded(d, 6) for d in distances],
+            "distance_by_start": [rounded(d, 6) for d in distances.values()],
             "distance_definition": f"{name} between h[l] and h[l+{num_drop}] (lower = more removable)",
         }
         return Selection(drop, reason, details)
