@@ -298,8 +298,9 @@ def test_offline_unknown_name_fails_at_once_with_what_works(offline):
 
 def test_offline_alias_without_a_copy_says_so_and_never_suggests_itself(offline, monkeypatch):
     import prune.loading
+    import prune.sources
 
-    monkeypatch.setattr(prune.loading, "_in_hub_cache", lambda repo: False)
+    monkeypatch.setattr(prune.sources, "_in_hub_cache", lambda repo: False)
     with pytest.raises(ModelNotFoundError) as err:
         prune.loading.resolve_model_source("bert-base")
     message = str(err.value)
