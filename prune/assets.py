@@ -37,7 +37,7 @@ from pathlib import Path
 
 from prune.errors import DataError, ModelNotFoundError, PruneError
 
-FIX = "run `make assets` (or python -m prune.assets)"
+FIX = "run `prune-llm assets` (or `python -m prune.assets`; `make assets` in a checkout)"
 
 
 class AssetError(PruneError):

