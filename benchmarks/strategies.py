@@ -14,7 +14,6 @@ has every strategy with every metric it accepts).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 STRATEGY_ORDER = (
@@ -122,7 +121,9 @@ def main() -> None:
         rows.append({"strategy": entry, "drop": list(plan.drop), "plan_s": plan_s, **measured[plan.drop]})
 
     if args.json:
-        print(json.dumps({"collect_s": collect_s, "rows": rows}, indent=2))
+        from prune.jsonable import dumps_json
+
+        print(dumps_json({"collect_s": collect_s, "rows": rows}))
         return
     keys = [k for k, v in rows[0]["after"].items() if isinstance(v, (int, float))]
     print(

@@ -21,19 +21,15 @@ from typing import Any
 
 import torch
 
-from prune.errors import PruneError
-from prune.options import CKA_MINIBATCH, CKA_WINDOW
+from prune.errors import AnalysisError
+from prune.jsonable import to_jsonable
+from prune.vocab import CKA_MINIBATCH, CKA_WINDOW, MSRS_BETA, MSRS_EPS, SCORE_METRICS, TOKEN_MODES
 
-TOKEN_MODES = ("tokens", "mean", "last")
-DEFAULT_METRICS = ("bi", "angular", "cka", "cka_io")
+DEFAULT_METRICS = SCORE_METRICS
 
 # Per-block scores, and whether a LOW value marks a redundant block (one that changes its input little).
 _REDUNDANT_WHEN_LOW = {"bi": True, "cka_io": False, "angular": True}
 _SCORE_NAMES = {"bi": "BI", "cka_io": "CKA(in,out)", "angular": "angular(l,l+1)"}
-
-
-class AnalysisError(PruneError):
-    """Scores or analysis settings are malformed."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +95,8 @@ class Analysis:
         num_blocks: int,
         *,
         num_tokens: int = 0,
-        beta: float = 100.0,
-        eps: float = 0.8,
+        beta: float = MSRS_BETA,
+        eps: float = MSRS_EPS,
         allow_last: bool = False,
         meta: Mapping[str, Any] | None = None,
     ) -> Analysis:
@@ -171,8 +167,8 @@ class Analysis:
         cls,
         stats: Any,
         *,
-        beta: float = 100.0,
-        eps: float = 0.8,
+        beta: float = MSRS_BETA,
+        eps: float = MSRS_EPS,
         allow_last: bool = False,
         meta: Mapping[str, Any] | None = None,
     ) -> Analysis:
@@ -267,8 +263,8 @@ class Analysis:
             "num_tokens": self.num_tokens,
             "allow_last": self.allow_last,
             "msrs": {
-                "raw": _finite(self.msrs),
-                "normalised": _finite(self.msrs_normalised),
+                "raw": to_jsonable(self.msrs),
+                "normalised": to_jsonable(self.msrs_normalised),
                 "beta": self.beta,
                 "eps": self.eps,
                 "pairs": self.num_blocks * (self.num_blocks - 1) // 2,
@@ -277,11 +273,11 @@ class Analysis:
                 metric: self.most_redundant(metric) for metric in _REDUNDANT_WHEN_LOW if self._has(metric)
             },
             "best_spans": [
-                {"n": s.n, "start": s.start, "blocks": list(s.blocks), "distance": _finite(s.distance)}
+                {"n": s.n, "start": s.start, "blocks": list(s.blocks), "distance": to_jsonable(s.distance)}
                 for s in self.best_spans
             ],
-            "blocks": [{k: _jsonable(v) for k, v in asdict(r).items()} for r in self.rows],
-            "scores": {name: _jsonable(value.tolist()) for name, value in self.scores.items()},
+            "blocks": [to_jsonable(asdict(r)) for r in self.rows],
+            "scores": to_jsonable(self.scores),
             "meta": self.meta,
         }
 
@@ -321,8 +317,8 @@ def analyze(
     *,
     anatomy: Any = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    beta: float = 100.0,
-    eps: float = 0.8,
+    beta: float = MSRS_BETA,
+    eps: float = MSRS_EPS,
     token_mode: str = "tokens",
     skip_tokens: int = 0,
     cka_minibatch: int = CKA_MINIBATCH,
@@ -480,16 +476,6 @@ def _as_float64(name: str, value: Any) -> torch.Tensor:
 
 def _item(values: torch.Tensor | None, index: int) -> float | None:
     return None if values is None else float(values[index])
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return _finite(value) if isinstance(value, float) else value
 
 
 def _nan_for_none(value: Any) -> Any:

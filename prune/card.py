@@ -15,12 +15,14 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from prune.vocab import ModelKind
+
 __all__ = ["PIPELINE_TAGS", "build_model_card", "read_license"]
 
 BASE_TAGS = ("prune-llm", "layer-pruning", "pruned")
 # model kind (prune.loading.ModelKind) -> Hub pipeline tag of the saved checkpoint
-PIPELINE_TAGS = {"causal-lm": "text-generation", "encoder": "feature-extraction"}
-_AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM"}
+PIPELINE_TAGS = {ModelKind.CAUSAL_LM: "text-generation", ModelKind.ENCODER: "feature-extraction"}
+_AUTO_CLASS = {ModelKind.CAUSAL_LM: "AutoModelForCausalLM"}
 
 
 def read_license(source: str | Path | None) -> str | None:

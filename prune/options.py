@@ -13,14 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from prune.vocab import CKA_MINIBATCH, CKA_WINDOW, DeviceMapName, DtypeName
+
 # The width methods of `prune.width.methods.FFN_METHODS` (checked equal by a test; a Literal gives the
 # CLI its choices without importing torch).
 FfnMethodName = Literal["squeeze", "squeeze-forward", "textbook", "pivot", "magnitude", "wanda", "flap"]
-
-# Tokens per CKA minibatch and per shuffle window; the collector's defaults too (chosen by measurement,
-# benchmarks/README.md "CKA minibatches").
-CKA_MINIBATCH = 256
-CKA_WINDOW = 8192
 
 
 class PruneOptions(BaseModel):
@@ -162,12 +159,12 @@ class PruneOptions(BaseModel):
     private: bool = Field(default=False, description="Create the Hub repo as private.")
     revision: str | None = Field(default=None, description="Branch of the Hub repo to push to.")
     device: str = Field(default="auto", description="Device: auto, cpu, cuda, cuda:N, mps.")
-    device_map: Literal["auto", "balanced", "sequential"] | None = Field(
+    device_map: DeviceMapName | None = Field(
         default=None,
         description="Spread a model too big for one GPU over all GPUs (accelerate's device_map); "
         "overrides --device.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: DtypeName = Field(
         default="auto", description="Dtype of the forward passes (statistics are always summed in float64)."
     )
     seed: int = Field(default=0, description="Seed for data shuffling and the random strategy.")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
 from prune.cli.flags import positive_int, value_parser
 from prune.options import PruneOptions
+from prune.vocab import ModelKind
 
 PLOTS = ("cka_heatmap.png", "block_scores.png", "ffn_neurons_needed.png")
 
@@ -105,6 +105,7 @@ def default_out_dir(model: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Analyse a model from parsed flags; print the table (or JSON) and write the files."""
     from prune.analysis import AnalysisError, analysis_summary_lines, analyze
+    from prune.jsonable import dumps_json
     from prune.output import atomic_output_dir, check_output_dir
 
     if args.out is not None and not args.out.strip():
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         num_samples=args.calib_samples,
-        packed=loaded.kind == "causal-lm",
+        packed=loaded.kind == ModelKind.CAUSAL_LM,
     )
     meta = {
         "model": args.model,
@@ -215,12 +216,12 @@ def run(args: argparse.Namespace) -> int:
 
     with atomic_output_dir(out, force=args.force) as folder:
         folder = Path(folder)
-        (folder / "analysis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        (folder / "analysis.json").write_text(dumps_json(data) + "\n")
         (folder / "analysis.txt").write_text(text + "\n")
         plots = "" if args.no_plots else _write_plots(analysis, folder, args.model, needed)
 
     if args.json:
-        print(json.dumps(data, indent=2, allow_nan=False))
+        print(dumps_json(data))
     else:
         mode = {
             "tokens": "",

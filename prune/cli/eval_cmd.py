@@ -8,14 +8,13 @@ latency, throughput and peak memory. Both models see the same data with the same
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from dataclasses import replace
 from typing import Any
 
 from prune.cli.flags import positive_int
 from prune.options import PruneOptions
+from prune.vocab import ModelKind
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -161,11 +160,11 @@ def _settings(args: argparse.Namespace) -> Any:
 def _phases(s: Any, kind: str, relative: bool) -> list[str]:
     """What an evaluation will run, in words (printed first: some phases take minutes on a CPU)."""
     phases = []
-    if kind == "causal-lm":
+    if kind == ModelKind.CAUSAL_LM:
         phases.append("perplexity" + (" and KL" if relative else ""))
         if relative and s.generation:
             phases.append(f"greedy agreement ({s.num_prompts} prompts x {s.new_tokens} tokens)")
-    elif kind == "encoder":
+    elif kind == ModelKind.ENCODER:
         if relative:
             phases.append("embedding fidelity")
         phases.append(
@@ -175,15 +174,6 @@ def _phases(s: Any, kind: str, relative: bool) -> list[str]:
         )
     phases.append("size" + (", latency and peak memory" if s.speed else ""))
     return phases
-
-
-def _json_safe(value: Any) -> Any:
-    # JSON has no NaN/inf; a diverged model's perplexity can be inf, which stays readable as a string.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,11 +218,11 @@ def run(args: argparse.Namespace) -> int:
             "compare a pruned model with its own original"
         )
     tokenizer = loaded.tokenizer or (reference.tokenizer if reference else None)
-    if loaded.kind == "other":
+    if loaded.kind == ModelKind.OTHER:
         texts = None
     elif tokenizer is None:
         loaded.require_tokenizer()  # the error says why there is none
-    settings = replace(settings, probe=settings.probe and loaded.kind == "encoder")
+    settings = replace(settings, probe=settings.probe and loaded.kind == ModelKind.ENCODER)
     if not args.quiet:
         print(
             f"measuring: {', '.join(_phases(settings, loaded.kind, reference is not None))}", file=sys.stderr
@@ -256,7 +246,9 @@ def run(args: argparse.Namespace) -> int:
     result.protocol["data"] = args.data
     header = {"model": args.model, "reference": args.reference, "kind": loaded.kind}
     if args.json:
-        print(json.dumps(_json_safe({**header, **result.to_dict()}), indent=2))
+        from prune.jsonable import dumps_json
+
+        print(dumps_json({**header, **result.to_dict()}))
         return 0
     title = f"{args.model} vs {args.reference}" if reference is not None else args.model
     print(f"{title} ({loaded.kind}, data: {args.data})\n")

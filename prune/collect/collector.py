@@ -26,6 +26,7 @@ from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
 from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
 from prune.options import CKA_MINIBATCH, CKA_WINDOW
+from prune.sizes import parameter_count
 
 TokenMode = Literal["tokens", "mean", "last"]
 
@@ -116,7 +117,7 @@ def _input_device(model: nn.Module) -> torch.device:
 def _fingerprint(model: nn.Module, num_blocks: int) -> str:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") if config is not None else ""
-    params = sum(p.numel() for p in model.parameters())
+    params = parameter_count(model)
     return f"{type(model).__name__}|{name}|{params}|{num_blocks}"
 
 

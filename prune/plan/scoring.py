@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prune.plan.base import PlanError
+from prune.errors import PlanError
 from prune.registry import Registry
 
 
