@@ -18,10 +18,12 @@ __all__ = [
     "MSRS_BETA",
     "MSRS_EPS",
     "SCORE_METRICS",
+    "SEARCH_OBJECTIVES",
     "TOKEN_MODES",
     "DeviceMapName",
     "DtypeName",
     "ModelKind",
+    "SearchObjective",
     "TokenMode",
 ]
 
@@ -58,6 +60,10 @@ DEVICE_MAPS: tuple[str, ...] = get_args(DeviceMapName)
 # What the collector compares: every token, the mean of each sequence, or its last token.
 TokenMode = Literal["tokens", "mean", "last"]
 TOKEN_MODES: tuple[str, ...] = get_args(TokenMode)
+
+# What the iterative search scores a candidate set on (`prune.plan.search_context.OBJECTIVES`).
+SearchObjective = Literal["loss", "kl", "cosine"]
+SEARCH_OBJECTIVES: tuple[str, ...] = get_args(SearchObjective)
 
 # The scores every run and every analysis collects, whatever the strategy needs: one pass collects
 # them all for a few percent over the forward pass (benchmarks/README.md), and they tell the story

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +24,9 @@ from prune.errors import AnatomyError
 from prune.finite import check_finite_states
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
-from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
-from prune.options import CKA_MINIBATCH, CKA_WINDOW
+from prune.metrics.base import GROUP_SUMS, MIN_GROUP
 from prune.sizes import parameter_count
-
-TokenMode = Literal["tokens", "mean", "last"]
+from prune.vocab import CKA_MINIBATCH, CKA_WINDOW, TOKEN_MODES, TokenMode
 
 
 class _StopForward(Exception):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from prune.registry import Registry
-from prune.vocab import TOKEN_MODES  # noqa: F401 (the collector imports it from here)
+from prune.vocab import TOKEN_MODES  # noqa: F401 (importable from here)
 
 # Samples per chunk when computing per-sample cosine matrices: bounds the float32 temporaries.
 _COSINE_CHUNK = 256

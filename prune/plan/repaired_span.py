@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from prune.errors import PlanError
 from prune.plan.base import Selection, SelectRequest, Strategy, describe_blocks, last_note, register
 from prune.plan.scoring import get_ranking, rounded
-from prune.plan.strategies import span_distances
+from prune.scores import span_distances
 
 
 @dataclass(frozen=True)

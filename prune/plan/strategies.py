@@ -22,25 +22,10 @@ from prune.plan.base import (
     register,
 )
 from prune.plan.scoring import get_ranking, rounded
+from prune.scores import span_distances
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
-
-def span_distances(
-    matrix: Tensor, num_blocks: int, num_drop: int, allow_last: bool, first: int = 0
-) -> dict[int, float]:
-    """``{start: d(start, num_drop)}`` for every span of `num_drop` blocks starting at `first` or later.
-
-    Without `allow_last` a span must end before the last block (``start + num_drop <= L - 1``).
-
-    Example:
-        >>> import torch
-        >>> span_distances(torch.arange(16.0).view(4, 4), 4, 2, allow_last=False)
-        {0: 2.0, 1: 7.0}
-    """
-    last_start = num_blocks - num_drop if allow_last else num_blocks - 1 - num_drop
-    return {start: float(matrix[start, start + num_drop]) for start in range(first, last_start + 1)}
+    pass
 
 
 @dataclass(frozen=True)
