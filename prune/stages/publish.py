@@ -34,7 +34,12 @@ def recipe_values(options: Any) -> dict[str, Any]:
     """
     from prune.jsonable import to_jsonable
 
-    return to_jsonable({k: v for k, v in options.model_dump().items() if k not in _NOT_IN_RECIPE})
+    values = {k: v for k, v in options.model_dump().items() if k not in _NOT_IN_RECIPE}
+    if "repair" not in options.model_fields_set:
+        # the default repair falls back to the plain cut where it cannot fit; one named in a recipe
+        # fails there instead, so the recipe names it only when the run did
+        values.pop("repair", None)
+    return to_jsonable(values)
 
 
 def recipe_text(options: Any, command: str | None = None) -> str:
