@@ -1,7 +1,15 @@
-"""Calibration batches as the collector sees them: checks, device moves, the token budget, the mask."""
+"""Calibration batches as the collectors see them: checks, device moves, the token budget, the mask.
+
+`budgeted_batches` is the one batch loop of `prune.collect.collect_stats` and
+`prune.collect.collect_site_sums`: it skips the batches a resumed run already consumed, stops at the
+process's token budget, checks each batch, cuts the one that crosses the budget and moves it to the
+device. `process_share` and `state_file_for` split the budget and the state file over processes.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -109,3 +117,58 @@ def valid_mask(batch: Any, hidden: Tensor, remaining: int | None, skip: int = 0)
         # Exact budget: keep the first `remaining` valid tokens in reading order (row by row).
         mask = mask & (mask.flatten().cumsum(0) <= remaining).view_as(mask)
     return mask
+
+
+def process_share(max_tokens: int | None, accelerator: Any) -> tuple[int, int, int | None]:
+    """``(rank, world, budget)``: this process's index, the number of processes and its token budget
+    (``max_tokens // world``, one more for the first ``max_tokens % world`` processes; None: no budget).
+
+    Example:
+        >>> process_share(10, None)
+        (0, 1, 10)
+    """
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    budget = None if max_tokens is None else max_tokens // world + (1 if rank < max_tokens % world else 0)
+    return rank, world, budget
+
+
+def state_file_for(state_path: str | os.PathLike[str] | None, rank: int, world: int) -> str | None:
+    """This process's state file: `state_path` itself, or ``<state_path>.rank<N>`` with several processes.
+
+    Example:
+        >>> state_file_for("sums.pt", 1, 2), state_file_for(None, 0, 1)
+        ('sums.pt.rank1', None)
+    """
+    if state_path is None:
+        return None
+    return f"{os.fspath(state_path)}.rank{rank}" if world > 1 else os.fspath(state_path)
+
+
+def budgeted_batches(
+    batches: Iterable[Any],
+    *,
+    consumed: int,
+    remaining: Callable[[], int | None],
+    skip_tokens: int,
+    device: torch.device,
+) -> Iterator[tuple[int, Any, int | None]]:
+    """``(index, batch, tokens left)`` for the batches a collection still has to read.
+
+    Args:
+        batches: the calibration batches.
+        consumed: batches a resumed run already read (skipped).
+        remaining: the tokens the budget still allows, asked before each batch (None: no budget).
+        skip_tokens: tokens left out of every sequence (they do not count against the budget).
+        device: where the batch goes.
+    """
+    for index, batch in enumerate(batches):
+        if index < consumed:
+            continue
+        left = remaining()
+        if left is not None and left <= 0:
+            break
+        check_batch(batch, index)
+        if left is not None:
+            batch = rows_within_budget(batch, left, skip_tokens)
+        yield index, to_device(batch, device), left

@@ -35,11 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from prune.anatomy.spec import resolve_attr
-from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
+from prune.collect.batches import budgeted_batches, process_share, state_file_for, valid_mask
 from prune.collect.collector import _input_device
 from prune.collect.stats import CollectError, atomic_torch_save, read_state
 from prune.errors import AnatomyError
 from prune.forward import forward_accepts
+from prune.sizes import parameter_count
 
 
 @dataclass(frozen=True)
@@ -252,11 +253,9 @@ def collect_site_sums(
         anatomy = get_anatomy(model)
     blocks = anatomy.blocks(model)
 
-    rank = accelerator.process_index if accelerator is not None else 0
-    world = accelerator.num_processes if accelerator is not None else 1
-    budget = None if max_tokens is None else max_tokens // world + (1 if rank < max_tokens % world else 0)
+    rank, world, budget = process_share(max_tokens, accelerator)
     fingerprint = {
-        "model": f"{type(model).__name__}|{sum(p.numel() for p in model.parameters())}|{len(blocks)}",
+        "model": f"{type(model).__name__}|{parameter_count(model)}|{len(blocks)}",
         "sites": {name: [s.block, s.module, s.io] for name, s in sorted(sites.items())},
         "sums": {s.name: list(s.sites) for s in sums},
         "max_tokens": max_tokens,
@@ -266,18 +265,16 @@ def collect_site_sums(
     totals: dict[str, Tensor] = {}
     tokens = 0
     consumed = 0
-    state_file = None
-    if state_path is not None:
-        state_file = f"{os.fspath(state_path)}.rank{rank}" if world > 1 else os.fspath(state_path)
-        if os.path.exists(state_file):
-            state = read_state(state_file)
-            if state.get("fingerprint") != fingerprint:
-                raise CollectError(
-                    f"state file {state_file} belongs to another run (other model, sites, sums or budget); "
-                    "delete it to start over"
-                )
-            totals = {k: v.double() for k, v in state["sums"].items()}
-            tokens, consumed = int(state["tokens"]), int(state["batches"])
+    state_file = state_file_for(state_path, rank, world)
+    if state_file is not None and os.path.exists(state_file):
+        state = read_state(state_file)
+        if state.get("fingerprint") != fingerprint:
+            raise CollectError(
+                f"state file {state_file} belongs to another run (other model, sites, sums or budget); "
+                "delete it to start over"
+            )
+        totals = {k: v.double() for k, v in state["sums"].items()}
+        tokens, consumed = int(state["tokens"]), int(state["batches"])
 
     def save_state() -> None:
         if state_file is not None:
@@ -304,16 +301,14 @@ def collect_site_sums(
         bar = tqdm(total=total, initial=consumed, desc=desc, unit="batch")
     try:
         with torch.no_grad():
-            for index, batch in enumerate(batches):
-                if index < consumed:
-                    continue
-                remaining = None if budget is None else budget - tokens
-                if remaining is not None and remaining <= 0:
-                    break
-                check_batch(batch, index)
-                if remaining is not None:
-                    batch = rows_within_budget(batch, remaining, skip_tokens)
-                batch = to_device(batch, device)
+            for index, batch, remaining in budgeted_batches(
+                batches,
+                consumed=consumed,
+                # read before every batch, after the previous one added its tokens
+                remaining=lambda: None if budget is None else budget - tokens,  # noqa: B023
+                skip_tokens=skip_tokens,
+                device=device,
+            ):
                 hooks.captured = {}
                 with autocast(), contextlib.suppress(_StopForward):
                     if isinstance(batch, dict):

@@ -12,22 +12,21 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
+from prune.collect.batches import budgeted_batches, process_share, state_file_for, valid_mask
 from prune.collect.minibatches import MinibatchStream
 from prune.collect.stats import CollectError, LayerStats, atomic_torch_save, read_state
 from prune.errors import AnatomyError
 from prune.finite import check_finite_states
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
-from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
-from prune.options import CKA_MINIBATCH, CKA_WINDOW
-
-TokenMode = Literal["tokens", "mean", "last"]
+from prune.metrics.base import GROUP_SUMS, MIN_GROUP
+from prune.sizes import parameter_count
+from prune.vocab import CKA_MINIBATCH, CKA_WINDOW, TOKEN_MODES, TokenMode
 
 
 class _StopForward(Exception):
@@ -116,7 +115,7 @@ def _input_device(model: nn.Module) -> torch.device:
 def _fingerprint(model: nn.Module, num_blocks: int) -> str:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") if config is not None else ""
-    params = sum(p.numel() for p in model.parameters())
+    params = parameter_count(model)
     return f"{type(model).__name__}|{name}|{params}|{num_blocks}"
 
 
@@ -251,10 +250,8 @@ def collect_stats(
     sum_names = sums_for(names)
     totals = {name: SUMS.get(name).zeros(num_blocks + 1) for name in sum_names}
 
-    rank = accelerator.process_index if accelerator is not None else 0
-    world = accelerator.num_processes if accelerator is not None else 1
+    rank, world, budget = process_share(max_tokens, accelerator)
     device = accelerator.device if accelerator is not None else _input_device(model)
-    budget = None if max_tokens is None else max_tokens // world + (1 if rank < max_tokens % world else 0)
     tokens = token_mode == "tokens"
     needs_groups = any(name in totals for name in GROUP_SUMS)
     if tokens:
@@ -276,9 +273,7 @@ def collect_stats(
         "skip_tokens": skip_tokens,
         "num_processes": world,
     }
-    state_file = None
-    if state_path is not None:
-        state_file = f"{os.fspath(state_path)}.rank{rank}" if world > 1 else os.fspath(state_path)
+    state_file = state_file_for(state_path, rank, world)
     consumed = 0
     if state_file is not None and os.path.exists(state_file):
         consumed, stream.pending = _resume(state_file, fingerprint, totals)
@@ -305,16 +300,13 @@ def collect_stats(
         # no_grad, not inference_mode: the minibatch buffer made here outlives the call (state file,
         # later batches) and inference tensors refuse in-place updates outside inference mode.
         with torch.no_grad():
-            for index, batch in enumerate(batches):
-                if index < consumed:
-                    continue
-                remaining = None if budget is None else budget - int(totals["tokens"])
-                if remaining is not None and remaining <= 0:
-                    break
-                check_batch(batch, index)
-                if remaining is not None:
-                    batch = rows_within_budget(batch, remaining, skip_tokens)
-                batch = to_device(batch, device)
+            for index, batch, remaining in budgeted_batches(
+                batches,
+                consumed=consumed,
+                remaining=lambda: None if budget is None else budget - int(totals["tokens"]),
+                skip_tokens=skip_tokens,
+                device=device,
+            ):
                 with autocast():
                     states = capture.run(model, batch, extra)
                 stats_device = states[0].device
