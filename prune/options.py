@@ -174,6 +174,21 @@ class PruneOptions(BaseModel):
     trust_remote_code: bool = Field(
         default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
     )
+    # --- error-correcting refit (#10/#11, branch refit); the integrator may move these into a group ---
+    refit: bool = Field(
+        default=True,
+        description="After the repair of a cut (and after an --ffn-keep squeeze), refit the down projections "
+        "of the kept blocks, from the first junction on, so that the pruned model's residual stream tracks "
+        "the original's on the calibration tokens (least squares from both models run in lockstep, folded "
+        "into the existing weights: still a stock checkpoint). --no-refit (or --repair none for a cut) gives "
+        "the repair/squeeze alone.",
+    )
+    refit_blocks: int | None = Field(
+        default=None,
+        ge=1,
+        description="Refit only this many blocks from the first junction on (default: every block after it; "
+        "each costs about one forward of a block over the calibration tokens).",
+    )
 
     @field_validator("ffn_keep")
     @classmethod

@@ -197,7 +197,11 @@ def run_pruning(
     pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
     repair = _repair(options, original, pruned, plan, anatomy, calib_batches, progress)
     # the squeeze measures the model it squeezes: after the cut and its repair
-    squeeze = _squeeze(options, pruned, calib_batches, progress) if options.ffn_keep is not None else None
+    squeeze = (
+        _squeeze(options, pruned, calib_batches, progress, original=original, drop=plan.drop)
+        if options.ffn_keep is not None
+        else None
+    )
 
     comparison, eval_info = None, {}
     if checked.eval_texts is not None:
@@ -253,6 +257,8 @@ def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, pro
             max_tokens=options.max_tokens,
             skip_tokens=options.skip_tokens,
             progress=progress,
+            refit=options.refit,
+            refit_blocks=options.refit_blocks,
         )
     except RepairError as err:
         if "repair" in options.model_fields_set:
@@ -284,10 +290,16 @@ def _no_cut(num_blocks: int):
     return Plan(num_blocks, (), "none", None, "none", "no depth cut (width squeezing only)", {})
 
 
-def _squeeze(options: PruneOptions, pruned: nn.Module, calib_batches, progress: bool):
-    """Squeeze the FFNs of the (cut) model in place; statistics are taken on it, after the cut."""
+def _squeeze(
+    options: PruneOptions, pruned: nn.Module, calib_batches, progress: bool, *, original=None, drop=()
+):
+    """Squeeze the FFNs of the (cut) model in place; statistics are taken on it, after the cut. With
+    --refit, the squeezed model's down projections are then refitted to track `original` (the dense model)."""
     from prune.anatomy import get_anatomy
+    from prune.repair.refit import cut_correspondence
     from prune.width import squeeze_model
+
+    anatomy = get_anatomy(original, options.block_path) if original is not None else None
 
     result = squeeze_model(
         pruned,
@@ -301,6 +313,9 @@ def _squeeze(options: PruneOptions, pruned: nn.Module, calib_batches, progress: 
         skip_tokens=options.skip_tokens,
         inplace=True,
         progress=progress,
+        refit=options.refit and original is not None,
+        reference=original,
+        correspondence=cut_correspondence(anatomy.num_blocks, drop) if anatomy is not None else None,
     )
     return result.report
 

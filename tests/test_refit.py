@@ -172,3 +172,49 @@ def test_cut_correspondence():
     assert cut_correspondence(6, [2, 3]) == [0, 3, 4, 5]
     assert cut_correspondence(5, [0, 1]) == [2, 3, 4]
     assert cut_correspondence(4, []) == [0, 1, 2, 3]
+
+
+def _final_error(model, modified, family) -> float:
+    reference, output = _output(model, family), _output(modified, family)
+    return float(((output - reference) ** 2).mean())
+
+
+def test_squeeze_with_refit_tracks_the_dense_model_and_reloads(tmp_path):
+    from prune.width import squeeze_model
+
+    family = "llama"
+    model = build_tiny(family)
+    batches = _batches(family, count=8)
+    plain = squeeze_model(model, batches, keep=0.5, progress=False, energy_levels=())
+    refitted = squeeze_model(model, batches, keep=0.5, progress=False, energy_levels=(), refit=True)
+    report = refitted.report.refit
+    assert report is not None and [b["block"] for b in report["blocks"]] == list(range(6))
+    assert all(b["features"] == 32 and b["residual_after"] <= b["residual_before"] for b in report["blocks"])
+    assert _final_error(model, refitted.model, family) < _final_error(model, plain.model, family)
+    refitted.model.save_pretrained(tmp_path)
+    reloaded = auto_class(family).from_pretrained(tmp_path).eval()
+    assert reloaded.config.intermediate_size == 32
+    torch.testing.assert_close(
+        _output(reloaded, family), _output(refitted.model, family), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="reference"):
+        squeeze_model(copy.deepcopy(model), batches, keep=0.5, progress=False, inplace=True, refit=True)
+
+
+def test_repair_cut_with_refit_reports_it_and_lowers_the_output_error():
+    family = "llama"
+    model = build_tiny(family)
+    drop = [2, 3]
+    batches = _batches(family, count=8)
+    linear = remove_blocks(model, drop, share_weights=True)
+    repair_cut(model, linear, drop, batches, method="linear", progress=False)
+    refitted = remove_blocks(model, drop, share_weights=True)
+    report = repair_cut(model, refitted, drop, batches, method="linear", progress=False, refit=True)
+    assert [b["block"] for b in report.to_dict()["refit"]["blocks"]] == [1, 2, 3]
+    assert _final_error(model, refitted, family) < _final_error(model, linear, family)
+    none = remove_blocks(model, drop, share_weights=True)
+    assert repair_cut(model, none, drop, batches, method="none", refit=True).refit is None  # the plain cut
+    from prune.report import repair_lines
+
+    text = "\n".join(repair_lines(report.to_dict()))
+    assert "Refit (error-correcting" in text and "| 1 | 3 |" in text

@@ -44,7 +44,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +57,10 @@ from prune.repair.base import RepairError
 
 logger = logging.getLogger(__name__)
 
+Weighting = Literal["mse", "token"]
+
 # Relative ridges (to the mean diagonal of the feature Gram), towards the current weights.
-REFIT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
+REFIT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,36 @@ class RefitReport:
             "skipped": self.skipped,
             "blocks": [asdict(b) for b in self.blocks],
         }
+
+
+def refit_lines(refit: dict[str, Any] | None) -> list[str]:
+    """Markdown lines for a `RefitReport` dict (the pruning report and the model card).
+
+    Example:
+        >>> refit_lines({"tokens": 8, "seconds": 1.0, "skipped": None, "blocks": [
+        ...     {"block": 3, "target": 5, "features": 64, "residual_before": 0.2, "residual_after": 0.1,
+        ...      "ridge": 1.0}]})[0]
+        'Refit (error-correcting, training-free): 1 down projection(s) refitted so that the stream tracks the original model, on 8 calibration tokens in 1.0 s. Relative stream error ||S - S*||^2 / ||S*||^2 per block:'
+    """
+    if not refit:
+        return []
+    if refit.get("skipped"):
+        return [f"Refit: not applied ({refit['skipped']})."]
+    blocks = refit.get("blocks") or []
+    lines = [
+        f"Refit (error-correcting, training-free): {len(blocks)} down projection(s) refitted so that the "
+        f"stream tracks the original model, on {refit.get('tokens')} calibration tokens in "
+        f"{refit.get('seconds')} s. Relative stream error ||S - S*||^2 / ||S*||^2 per block:",
+        "",
+        "| block | tracks original block | features | error before | error after | ridge |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b['block']} | {b['target']} | {b['features']} | {b['residual_before']:.4g} | "
+        f"{b['residual_after']:.4g} | {b['ridge']:g} |"
+        for b in blocks
+    ]
+    return lines
 
 
 def cut_correspondence(num_blocks: int, drop: Iterable[int]) -> list[int]:
@@ -254,6 +286,7 @@ def refit_model(
     ridge: float | None = None,
     max_tokens: int | None = None,
     skip_tokens: int = 0,
+    weighting: Weighting = "mse",
     progress: bool = False,
 ) -> RefitReport:
     """Refit the down projections of `modified` (in place) so that its stream tracks `original`'s.
@@ -272,6 +305,9 @@ def refit_model(
         anatomy: the original's anatomy (found if None).
         ridge: relative ridge towards the current weights; None chooses it per block on held-out batches.
         max_tokens: calibration token budget; skip_tokens: leading tokens of each sequence left out.
+        weighting: ``mse`` (squared error of the stream) or ``token`` (each token's error relative to its
+            ``||S*||^2``: the next pre-norm block sees the direction, and a few massive-activation tokens
+            no longer dominate the fit).
         progress: log each block's residual at INFO level.
 
     Returns:
@@ -374,6 +410,9 @@ def refit_model(
             if has_bias:
                 z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
             d = t - s + m
+            if weighting == "token":
+                w = t.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+                z, d, t = z * w, d * w, t * w
             part = {
                 "gram": z.T @ z,
                 "cross": z.T @ d,
@@ -424,4 +463,12 @@ def _rows(value: Tensor, mask: Tensor) -> Tensor:
     return value[mask.flatten()].float()  # OPT runs its MLP on [B*T, d]
 
 
-__all__ = ["REFIT_RIDGES", "BlockRefit", "RefitReport", "cut_correspondence", "refit_model"]
+__all__ = [
+    "REFIT_RIDGES",
+    "BlockRefit",
+    "RefitReport",
+    "Weighting",
+    "cut_correspondence",
+    "refit_lines",
+    "refit_model",
+]
