@@ -395,6 +395,16 @@ def refit_model(
         current = weight.T
         if has_bias:
             current = torch.cat([current, bias.detach().to(torch.float64).cpu()[None]])
+        norm = mlp.parts(target_anatomy.blocks(modified)[k]).output_norm if post_norm else None
+        # post-norm: an error in channel j of the sum reaches the block output times the norm's gain g_j,
+        # so channels are weighted by |g_j| (the solution is per channel anyway; this sets the ridge and
+        # the reported error to what the output sees)
+        gain = getattr(norm, "weight", None)
+        columns = (
+            gain.detach().abs().double().cpu().clamp_min(1e-6)
+            if isinstance(gain, Tensor)
+            else torch.ones(weight.shape[0], dtype=torch.float64)
+        )
         mine = _Segment(modified, target_anatomy, k, k)
         theirs = _Segment(original, anatomy, origin_first, corr[k])
         halves: list[dict[str, Tensor]] = [{}, {}]
@@ -407,12 +417,20 @@ def refit_model(
             next_ys.append(ref["out"])
             rows = mask.to(got["z"].device)
             z, m, s, t = (_rows(v, rows) for v in (got["z"], got["m"], got["s"], ref["s"]))
+            if post_norm:
+                # the norm divides each token's sum by its scale: weigh rows by 1/scale, so that the fit
+                # minimises (to first order) the error of the block's normalised output
+                t, scale = _post_norm_target(t, _rows(ref["out"], rows), norm)
+                z, m, s, t = z / scale, m / scale, s / scale, t / scale
             if has_bias:
                 z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
             d = t - s + m
             if weighting == "token":
                 w = t.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
                 z, d, t = z * w, d * w, t * w
+            if post_norm:
+                g = columns.to(dtype=d.dtype, device=d.device)
+                d, t = d * g, t * g
             part = {
                 "gram": z.T @ z,
                 "cross": z.T @ d,
@@ -427,9 +445,11 @@ def refit_model(
         halves = [h for h in halves if h]
         totals = {name: sum(h[name] for h in halves) for name in halves[0]}
         penalised = weight.shape[1]
-        chosen = ridge if ridge is not None else _choose_ridge(halves, current, penalised)
-        solution = _solve(totals["gram"], totals["cross"], current, chosen, penalised)
-        before, after = _error(current, totals), _error(solution, totals)
+        scaled = current * columns  # the weights in the weighted channels' units
+        chosen = ridge if ridge is not None else _choose_ridge(halves, scaled, penalised)
+        solution = _solve(totals["gram"], totals["cross"], scaled, chosen, penalised)
+        before, after = _error(scaled, totals), _error(solution, totals)
+        solution = solution / columns
         if not after <= before:  # cannot happen for an exact solve; guards a failed one
             logger.warning("refit of block %d would raise its calibration error; left as it was", k)
             solution, after = current, before
@@ -455,6 +475,27 @@ def refit_model(
         cursor, origin = k + 1, corr[k] + 1
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _post_norm_target(pre: Tensor, out: Tensor, norm: nn.Module | None) -> tuple[Tensor, Tensor]:
+    """The sum the modified block's own LayerNorm must see to output the original's `out`.
+
+    With the original's pre-norm sum `pre` (per-token mean mu and scale sigma) and the modified norm's
+    weight g and bias b (a repair may have folded an affine map into them), it is
+    ``mu + sigma * (out - b) / g``; with the original's norm parameters this is `pre` itself. Returns it
+    and sigma [n, 1].
+    """
+    weight = getattr(norm, "weight", None)
+    bias = getattr(norm, "bias", None)
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-12)))
+    mean = pre.mean(dim=1, keepdim=True)
+    scale = (pre.var(dim=1, unbiased=False, keepdim=True) + eps).sqrt()
+    if not isinstance(weight, Tensor):
+        return pre, scale
+    shifted = out - (bias.detach().float() if isinstance(bias, Tensor) else 0.0)
+    gain = weight.detach().float()
+    gain = torch.where(gain.abs() < 1e-12, torch.full_like(gain, 1e-12), gain)
+    return mean + scale * shifted / gain, scale
 
 
 def _rows(value: Tensor, mask: Tensor) -> Tensor:
