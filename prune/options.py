@@ -175,13 +175,14 @@ class PruneOptions(BaseModel):
         default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
     )
     # --- error-correcting refit (#10/#11, branch refit); the integrator may move these into a group ---
-    refit: bool = Field(
-        default=True,
-        description="After the repair of a cut (and after an --ffn-keep squeeze), refit the down projections "
-        "of the kept blocks, from the first junction on, so that the pruned model's residual stream tracks "
-        "the original's on the calibration tokens (least squares from both models run in lockstep, folded "
-        "into the existing weights: still a stock checkpoint). --no-refit (or --repair none for a cut) gives "
-        "the repair/squeeze alone.",
+    refit: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Error-correcting refit: refit the down projections of the kept blocks, from the first "
+        "junction on, so that the pruned model's residual stream tracks the original's on the calibration "
+        "tokens (least squares from both models run in lockstep, folded into the existing weights: still a "
+        "stock checkpoint). auto: after the repair of a cut in pre-norm decoders (exact there; measured "
+        "better); on: also after an --ffn-keep squeeze and in post-norm encoders; off: the repair/squeeze "
+        "alone (as does --repair none for a cut).",
     )
     refit_blocks: int | None = Field(
         default=None,

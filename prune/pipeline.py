@@ -257,7 +257,7 @@ def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, pro
             max_tokens=options.max_tokens,
             skip_tokens=options.skip_tokens,
             progress=progress,
-            refit=options.refit,
+            refit=_refit_cut(options, anatomy),
             refit_blocks=options.refit_blocks,
         )
     except RepairError as err:
@@ -268,6 +268,13 @@ def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, pro
     for span in report.spans:
         logger.info("repair of blocks %d-%d: %s", span.first, span.last, span.skipped or span.map)
     return report
+
+
+def _refit_cut(options: PruneOptions, anatomy) -> bool:
+    """Whether the cut's repair is followed by the error-correcting refit (`PruneOptions.refit`)."""
+    if options.refit == "auto":
+        return getattr(anatomy.mlp, "residual", None) == "pre_norm"
+    return options.refit == "on"
 
 
 def _check_gguf(options: PruneOptions, out: str | None, architecture: str | None = None) -> None:
@@ -313,7 +320,7 @@ def _squeeze(
         skip_tokens=options.skip_tokens,
         inplace=True,
         progress=progress,
-        refit=options.refit and original is not None,
+        refit=options.refit == "on" and original is not None,
         reference=original,
         correspondence=cut_correspondence(anatomy.num_blocks, drop) if anatomy is not None else None,
     )

@@ -418,10 +418,9 @@ def refit_model(
             rows = mask.to(got["z"].device)
             z, m, s, t = (_rows(v, rows) for v in (got["z"], got["m"], got["s"], ref["s"]))
             if post_norm:
-                # the norm divides each token's sum by its scale: weigh rows by 1/scale, so that the fit
-                # minimises (to first order) the error of the block's normalised output
-                t, scale = _post_norm_target(t, _rows(ref["out"], rows), norm)
-                z, m, s, t = z / scale, m / scale, s / scale, t / scale
+                # (weighing rows by 1/scale, the first-order error of the normalised output, measured
+                # worse on MiniLM: cut cosine mean 0.824 -> 0.813, squeeze 0.980 -> 0.967)
+                t, _ = _post_norm_target(t, _rows(ref["out"], rows), norm)
             if has_bias:
                 z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
             d = t - s + m
