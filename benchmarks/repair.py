@@ -11,7 +11,10 @@ table; --json FILE writes every row.
 
 A method entry is NAME[:OPTION...] with options one-pass (all spans fitted on the original in one pass),
 relative (token-relative objective), ridge=R (fixed relative ridge instead of the held-out choice),
-skip=N (leave the first N tokens of each window out of the fit).
+skip=N (leave the first N tokens of each window out of the fit), refit (then refit the down projections of
+the kept blocks from the junction on towards the original's stream, `prune.repair.refit`), refit=N (only
+the first N blocks from the junction on), rweight=token / rridge=R / rskip=N (the refit's weighting,
+fixed ridge, leading tokens left out).
 """
 
 from __future__ import annotations
@@ -125,6 +128,8 @@ def _measure(model, tokenizer, kind, anatomy, plan, method, calib, eval_texts, s
 
     name, *opts = method.split(":")
     options: dict = {}
+    refit = 0
+    refit_options: dict = {}
     for opt in opts:
         key, _, value = opt.partition("=")
         if key == "one-pass":
@@ -135,6 +140,14 @@ def _measure(model, tokenizer, kind, anatomy, plan, method, calib, eval_texts, s
             options["ridge"] = float(value)
         elif key == "skip":
             options["skip_tokens"] = int(value)
+        elif key == "refit":
+            refit = int(value) if value else -1
+        elif key == "rweight":
+            refit_options["weighting"] = value
+        elif key == "rridge":
+            refit_options["ridge"] = float(value)
+        elif key == "rskip":
+            refit_options["skip_tokens"] = int(value)
         else:
             raise SystemExit(f"unknown method option {opt!r}")
     pruned = remove_blocks(model, plan.drop, anatomy=anatomy, share_weights=True)
@@ -142,6 +155,22 @@ def _measure(model, tokenizer, kind, anatomy, plan, method, calib, eval_texts, s
     report = repair_cut(
         model, pruned, plan.drop, calib, method=name, anatomy=anatomy, progress=False, **options
     )
+    refit_report = None
+    if refit:
+        from prune.repair.refit import cut_correspondence, refit_model
+
+        correspondence = cut_correspondence(anatomy.num_blocks, plan.drop)
+        first = next(k for k, c in enumerate(correspondence) if c != k)
+        last = len(correspondence) if refit < 0 else min(len(correspondence), first + refit)
+        refit_report = refit_model(
+            model,
+            pruned,
+            calib,
+            correspondence=correspondence,
+            blocks=range(first, last),
+            anatomy=anatomy,
+            **refit_options,
+        ).to_dict()
     repair_s = time.perf_counter() - start
     after = evaluate_model(
         pruned, tokenizer, kind=kind, texts=eval_texts, reference=reference, settings=settings
@@ -157,6 +186,7 @@ def _measure(model, tokenizer, kind, anatomy, plan, method, calib, eval_texts, s
         "repair_s": repair_s,
         "residuals": residuals,
         "report": report.to_dict(),
+        "refit": refit_report,
     }
 
 

@@ -9,6 +9,10 @@ depth alone at about the same parameter count. Prints a Markdown table and write
     python benchmarks/squeeze.py smollm2-135m --keeps 0.9,0.75,0.6 --calib-samples 64 --eval-samples 16
     python benchmarks/squeeze.py minilm-l6 --keeps 0.9,0.75,0.6
     python benchmarks/squeeze.py smollm2-135m --keeps 0.75 --methods squeeze --depth 27-layers:0.9:24-layers
+    python benchmarks/squeeze.py smollm2-135m --keeps 0.75 --methods squeeze,squeeze:refit,wanda
+
+A method entry METHOD:refit also refits every block's down projection of the squeezed model towards the
+dense model's residual stream afterwards (`prune.repair.refit`, on the same calibration batches).
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ def main() -> None:
     collect_s = time.perf_counter() - start
     rows = [{"method": "(dense)", "keep": 1.0, **dense}]
     for keep in [float(k) for k in args.keeps.split(",")]:
-        for method in args.methods.split(","):
+        for entry in args.methods.split(","):
+            method, _, option = entry.partition(":")
             start = time.perf_counter()
             result = squeeze_model(
                 model,
@@ -95,10 +100,19 @@ def main() -> None:
                 progress=False,
             )
             seconds = time.perf_counter() - start
+            refit_s, refit = None, None
+            if option == "refit":
+                from prune.repair.refit import refit_model
+
+                start = time.perf_counter()
+                refit = refit_model(model, result.model, calib, anatomy=anatomy).to_dict()
+                refit_s = time.perf_counter() - start
             errors = [b.error for b in result.report.blocks]
             rows.append(
                 {
-                    "method": method,
+                    "method": entry,
+                    "refit_s": refit_s,
+                    "refit": refit,
                     "keep": keep,
                     "kept": result.report.kept,
                     "squeeze_s": seconds,

@@ -226,6 +226,21 @@ class RepairOptions(_Group):
         description="What the repair fit minimises: mse (squared error of the hidden states, ReplaceMe) or "
         "relative (each token's error relative to its norm).",
     )
+    refit: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Error-correcting refit: refit the down projections of the kept blocks, from the first "
+        "junction on, so that the pruned model's residual stream tracks the original's on the calibration "
+        "tokens (least squares from both models run in lockstep, folded into the existing weights: still a "
+        "stock checkpoint). auto: after the repair of a cut in pre-norm decoders (exact there; measured "
+        "better); on: also after an --ffn-keep squeeze and in post-norm encoders; off: the repair/squeeze "
+        "alone (as does --repair none for a cut).",
+    )
+    refit_blocks: int | None = Field(
+        default=None,
+        ge=1,
+        description="Refit only this many blocks from the first junction on (default: every block after it; "
+        "each costs about one forward of a block over the calibration tokens).",
+    )
 
 
 class WidthOptions(_Group):

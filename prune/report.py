@@ -183,6 +183,10 @@ def repair_lines(repair: dict[str, Any] | None) -> list[str]:
     ]
     lines += _table(["cut blocks", "map in block", "map", "error plain cut", "error repaired", "ridge"], rows)
     lines += [f"- Warning: {w}" for w in repair.get("warnings") or []]
+    if repair.get("refit"):
+        from prune.repair.refit import refit_lines
+
+        lines += ["", *refit_lines(repair["refit"])]
     return lines
 
 
@@ -215,9 +219,14 @@ def squeeze_section(squeeze: dict[str, Any], *, heading: str = "##") -> list[str
         ]
         for b in squeeze["blocks"]
     ]
-    return lines + _table(
+    lines += _table(
         ["block", "kept", "error", "error without fold", *(f"neurons for {k}" for k in levels)], rows
     )
+    if squeeze.get("refit"):
+        from prune.repair.refit import refit_lines
+
+        lines += ["", *refit_lines(squeeze["refit"])]
+    return lines
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:

@@ -150,6 +150,26 @@ def test_the_run_repairs_by_default_and_records_it(minilm, tmp_path):
         )
     markdown = (Path(repaired.out_dir) / "prune_report.md").read_text()
     assert "## Repair" in markdown and "affine" in markdown
+    assert record["refit"] is None  # --refit auto refits pre-norm cuts only; MiniLM is post-norm
+
+
+def test_refit_on_refits_the_blocks_after_the_junction_and_reports_them(minilm, tmp_path):
+    model, tokenizer = minilm
+    common = {"model": "my-minilm", "target": "drop-2", "eval": "none", **FAST}
+    result = prune.run_pruning(
+        PruneOptions(**common, refit="on", out=str(tmp_path / "out")),
+        model=model,
+        tokenizer=tokenizer,
+        progress=False,
+    )
+    refit = result.report["repair"]["refit"]
+    first = min(result.plan.drop) - 1
+    assert [b["block"] for b in refit["blocks"]] == list(range(first, 4))
+    assert all(b["residual_after"] <= b["residual_before"] for b in refit["blocks"])
+    assert "Refit (error-correcting" in (Path(result.out_dir) / "prune_report.md").read_text()
+    from prune.card import _repair as card_repair_section
+
+    assert "Refit (error-correcting" in card_repair_section(result.report["repair"])
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 Methods (`REPAIRS`, ``--repair NAME``): ``linear`` (least squares, ReplaceMe: the most expressive map each
 architecture lets us fold exactly, see `prune.repair.linear`), ``scale`` (Prune&Comp: one
 magnitude-ratio scalar, see `prune.repair.scale`) and ``none``. `repair_cut` repairs a pruned model
-in place; nothing is added to the model, so it stays a stock checkpoint.
+in place; nothing is added to the model, so it stays a stock checkpoint. `prune.repair.refit.refit_model`
+(``repair_cut(refit=True)``, ``--refit``) then refits the kept down projections so that the pruned
+model's stream tracks the original's (error-correcting, block by block).
 
 Example:
     >>> from prune.repair import REPAIRS

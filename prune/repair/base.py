@@ -92,6 +92,8 @@ class RepairReport:
         spans: per-span records, in block order.
         seconds: total time.
         warnings: spans left unrepaired and why.
+        refit: the error-correcting refit after the maps (`prune.repair.refit.RefitReport.to_dict`), or
+            None when it was not asked for.
     """
 
     method: str
@@ -100,6 +102,7 @@ class RepairReport:
     spans: list[SpanRepair] = field(default_factory=list)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    refit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict for the pruning report and model card."""
@@ -110,6 +113,7 @@ class RepairReport:
             "seconds": round(self.seconds, 3),
             "spans": [asdict(span) for span in self.spans],
             "warnings": list(self.warnings),
+            "refit": self.refit,
         }
 
 

@@ -149,6 +149,9 @@ def repair_cut(
     max_tokens: int | None = None,
     skip_tokens: int = 0,
     progress: bool = True,
+    refit: bool = False,
+    refit_blocks: int | None = None,
+    refit_weighting: str = "mse",
 ) -> RepairReport:
     """Fit a map for each contiguous cut span and fold it into `pruned` (in place; `original` is only read).
 
@@ -170,6 +173,11 @@ def repair_cut(
         max_tokens: calibration token budget per pass.
         skip_tokens: leave each sequence's first N tokens out of the statistics.
         progress: show progress bars.
+        refit: after the maps, refit the down projections of the kept blocks from the first junction on
+            so that the pruned model's stream tracks the original's (`prune.repair.refit.refit_model`;
+            the kept block before a span is refitted from its d_ff-wide features).
+        refit_blocks: refit only this many blocks from the first junction on (None: all of them).
+        refit_weighting: the refit's objective, ``mse`` or ``token`` (see `refit_model`).
 
     Returns:
         The `RepairReport`: per span, the map, where it went, the relative error before and after.
@@ -274,6 +282,24 @@ def repair_cut(
             where = chosen.fold(pruned_blocks, pruned_kept, after_in_pruned(last), fit, mlp)
             record(first, last, fit, where, tokens, time.perf_counter() - span_started)
     report.spans.sort(key=lambda span: span.first)
+    if refit:
+        from prune.repair.refit import cut_correspondence, refit_model
+
+        correspondence = cut_correspondence(anatomy.num_blocks, drop)
+        first = next((k for k, c in enumerate(correspondence) if c != k), len(correspondence))
+        last = len(correspondence) if refit_blocks is None else min(len(correspondence), first + refit_blocks)
+        report.refit = refit_model(
+            original,
+            pruned,
+            batches,
+            correspondence=correspondence,
+            blocks=range(first, last),
+            anatomy=anatomy,
+            max_tokens=max_tokens,
+            skip_tokens=skip_tokens,
+            weighting=refit_weighting,  # type: ignore[arg-type]
+            progress=progress,
+        ).to_dict()
     report.seconds = time.perf_counter() - started
     return report
 

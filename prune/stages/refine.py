@@ -32,6 +32,8 @@ def repair(ctx: RunContext) -> RunContext:
             max_tokens=options.max_tokens,
             skip_tokens=options.skip_tokens,
             progress=ctx.progress,
+            refit=refit_after_cut(options.refit, ctx.anatomy),
+            refit_blocks=options.refit_blocks,
         )
     except RepairError as err:
         if "repair" in options.model_fields_set:
@@ -44,16 +46,29 @@ def repair(ctx: RunContext) -> RunContext:
     return ctx
 
 
+def refit_after_cut(refit: str, anatomy) -> bool:
+    """Whether the cut's repair is followed by the error-correcting refit (`RepairOptions.refit`).
+
+    ``auto`` refits pre-norm decoders only: there the block output is the residual stream, the fit is
+    exact and it measured better (benchmarks/README.md); post-norm encoders measured mixed.
+    """
+    if refit == "auto":
+        return getattr(anatomy.mlp, "residual", None) == "pre_norm"
+    return refit == "on"
+
+
 def squeeze(ctx: RunContext) -> RunContext:
     """Squeeze the FFNs of ``ctx.pruned`` in place (``ctx.squeeze``), when ``ffn_keep`` asks for it.
 
-    The statistics are taken on the model it squeezes: after the cut and its repair.
+    The statistics are taken on the model it squeezes: after the cut and its repair. With
+    ``refit="on"`` the squeezed model's down projections are then refitted to track the dense original.
     """
     options = ctx.options
     if options.ffn_keep is None:
         ctx.squeeze = None
         return ctx
     from prune.anatomy import get_anatomy
+    from prune.repair.refit import cut_correspondence
     from prune.width import squeeze_model
 
     result = squeeze_model(
@@ -68,6 +83,9 @@ def squeeze(ctx: RunContext) -> RunContext:
         skip_tokens=options.skip_tokens,
         inplace=True,
         progress=ctx.progress,
+        refit=options.refit == "on",
+        reference=ctx.original,
+        correspondence=cut_correspondence(ctx.anatomy.num_blocks, ctx.plan.drop),
     )
     ctx.squeeze = result.report
     return ctx

@@ -59,6 +59,7 @@ class SqueezeReport:
     gram_bytes_per_block: int
     blocks: list[BlockSqueeze]
     seconds: float
+    refit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +89,9 @@ def squeeze_model(
     progress: bool = True,
     stats: dict[int, Any] | None = None,
     energy_levels: Sequence[float] = ENERGY_LEVELS,
+    refit: bool = False,
+    reference: nn.Module | None = None,
+    correspondence: Sequence[int] | None = None,
 ) -> SqueezeResult:
     """Squeeze the intermediate neurons of every FFN of `model` (no fine-tuning).
 
@@ -110,6 +114,13 @@ def squeeze_model(
 
         energy_levels: Report per block how many neurons keep these fractions of the activation energy
             (a pivoted Cholesky per block: about a second for d_ff 1536); () skips it.
+        refit: After the squeeze, refit every block's down projection (its kept neurons) so that the
+            squeezed model's residual stream tracks `reference`'s (`prune.repair.refit.refit_model`:
+            corrects the error that earlier blocks leave, which each block's own compensation cannot see).
+        reference: The model to track (default: `model` itself, unless `inplace`); e.g. the dense model
+            before a depth cut, with `correspondence`.
+        correspondence: For each block of `model`, the block of `reference` it stands for (None: same index;
+            after a cut: `prune.repair.refit.cut_correspondence`).
 
     Returns:
         The squeezed model and the report.
@@ -207,6 +218,26 @@ def squeeze_model(
         cached = {}
     if config is not None:
         setattr(config, mlp.intermediate_size_key, count)
+    refit_report = None
+    if refit:
+        from prune.repair.refit import refit_model
+
+        source = reference if reference is not None else (None if inplace else model)
+        if source is None:
+            raise ValueError(
+                "refit=True with inplace=True needs reference=, the model to track (the squeezed one is overwritten)"
+            )
+        refit_report = refit_model(
+            source,
+            target,
+            batches,
+            correspondence=correspondence,
+            blocks=range(len(blocks)),
+            anatomy=get_anatomy(source, anatomy.block_path),
+            max_tokens=max_tokens,
+            skip_tokens=skip_tokens,
+            progress=progress,
+        ).to_dict()
     report = SqueezeReport(
         method=chosen.name,
         description=chosen.description,
@@ -219,6 +250,7 @@ def squeeze_model(
         gram_bytes_per_block=gram_bytes(size),
         blocks=results,
         seconds=time.perf_counter() - start,
+        refit=refit_report,
     )
     return SqueezeResult(model=target, report=report)
 
