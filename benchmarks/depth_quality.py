@@ -54,6 +54,12 @@ def main() -> None:
     parser.add_argument("--repairs", default=",".join(REPAIRS))
     parser.add_argument("--seeds", type=int, default=5, help="random: this many seeds")
     parser.add_argument(
+        "--random-repairs", default=None, help="repairs of the random rows (default: --repairs)"
+    )
+    parser.add_argument(
+        "--merge", nargs="*", default=None, help="add the rows of these result files to --out"
+    )
+    parser.add_argument(
         "--one-pass",
         default="topk,cka",
         help="methods whose multi-span cuts are also repaired (linear) with repair_order one-pass",
@@ -76,7 +82,9 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     out = Path(args.out or f"benchmarks/results/depth_{args.model}{'_quick' if args.quick else ''}.json")
-    if args.plot_only:
+    if args.merge:
+        _merge(out, args.merge)
+    if args.plot_only or args.merge:
         import json
 
         print(f"wrote {plot_depth(json.loads(out.read_text()), out.with_suffix('.png'))}")
@@ -189,7 +197,8 @@ def run(args, out: Path) -> None:
         for drop in (int(d) for d in args.drops.split(",")):
             seeds = list(range(args.seeds)) if label == "random" else [args.seed]
             for seed in seeds:
-                cases = [(repair, "sequential") for repair in repairs]
+                chosen = (args.random_repairs or args.repairs).split(",") if label == "random" else repairs
+                cases = [(repair, "sequential") for repair in chosen]
                 for repair, how in cases:
                     key = f"{drop}|{label}|{repair}|{how}|{seed}"
                     if results.done(key):
@@ -289,6 +298,21 @@ def _measure(
         "repair_s": repair_s,
         "eval_s": _since(start),
     }
+
+
+def _merge(out: Path, others: list[str]) -> None:
+    """Rows of runs of the same protocol split over processes (e.g. one depth each), into one file."""
+    import json
+
+    data = json.loads(out.read_text())
+    keys = {row["key"] for row in data["rows"]}
+    for other in others:
+        extra = json.loads(Path(other).read_text())
+        if extra["protocol"] != data["protocol"] | {"methods": extra["protocol"]["methods"]}:
+            raise SystemExit(f"{other} was measured with another protocol than {out}; not merged")
+        data["rows"] += [row for row in extra["rows"] if row["key"] not in keys]
+        data.setdefault("merged_commands", []).append(extra["command"])
+    out.write_text(json.dumps(data, indent=1))
 
 
 def _strategy(name: str):

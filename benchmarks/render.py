@@ -217,7 +217,7 @@ def verdict(data: dict) -> str:
                 beaten.append(
                     f"{method}+{repair}{'' if order == 'sequential' else ' ' + order} {_fmt(value, kind)}"
                 )
-        status = "beats every other row" if not beaten else "is beaten by " + ", ".join(beaten)
+        status = "no other row is better" if not beaten else "is beaten by " + ", ".join(beaten)
         out.append(
             f"- drop {drop}: our default ({default['strategy']} + {default['repair']}) {_fmt(mine, kind)} {status}"
         )
@@ -275,10 +275,12 @@ def width_tables(data: dict) -> str:
             "|---:|---|---|---:|---:|---:|---:|",
         ]
         for keep in sorted({r["keep"] for r in pareto}, reverse=True):
-            alone = next((r for r in width if r["keep"] == keep and r["method"] == "squeeze"), None)
+            how = next((r["width_method"] for r in pareto if r.get("width_method")), "squeeze")
+            alone = next((r for r in width if r["keep"] == keep and r["method"] == how), None)
             group = ([alone] if alone else []) + [r for r in pareto if r["keep"] == keep]
             for r in group:
-                way = "width (squeeze)" if r is alone else r["method"]
+                way = f"width ({how})" if r is alone else r["method"]
+                way += f" ({r['width_method']})" if r.get("width_method") else ""
                 blocks = r.get("blocks", [])
                 kept = r.get("kept") or (dense.get("intermediate_size") or data.get("intermediate_size"))
                 lines.append(

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--keeps", default="0.9,0.75,0.6")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--pareto", default="0.75", help="keeps whose parameter count depth/width/both match")
+    parser.add_argument("--pareto-method", default="squeeze", help="the width method of the depth+width rows")
     parser.add_argument("--quick", action="store_true", help=f"small calibration and evaluation: {QUICK}")
     parser.add_argument("--calib-samples", type=int, default=None)
     parser.add_argument("--eval-samples", type=int, default=None)
@@ -66,6 +67,8 @@ def main() -> None:
 
 
 def run(args, out: Path) -> None:
+    from dataclasses import replace
+
     import torch
 
     from benchmarks._common import Results, protocol_data
@@ -98,11 +101,20 @@ def run(args, out: Path) -> None:
         repeats=5,
     )
     reference = model if kind == "encoder" else None
+    timed: dict[int, dict] = {}  # parameter count -> speed: equal shapes run at the same speed
 
     def evaluate(candidate) -> dict:
-        return evaluate_model(
-            candidate, tokenizer, kind=kind, texts=eval_texts, reference=reference, settings=settings
+        count = sum(p.numel() for p in candidate.parameters())
+        quick = replace(settings, speed=False) if count in timed else settings
+        metrics = evaluate_model(
+            candidate, tokenizer, kind=kind, texts=eval_texts, reference=reference, settings=quick
         )
+        if count in timed:
+            return {**metrics, **timed[count], "speed_from": "the first model of these shapes"}
+        timed[count] = {
+            k: metrics[k] for k in ("latency_ms", "tokens_per_s", "peak_memory_mb") if k in metrics
+        }
+        return metrics
 
     protocol.update(
         eval_samples=args.eval_samples,
@@ -159,13 +171,16 @@ def run(args, out: Path) -> None:
 
     for keep in (float(k) for k in filter(None, args.pareto.split(","))):
         budget = costs.params_after((), round(keep * costs.intermediate_size))
-        for row in _equal_params(model, anatomy, costs, kind, calib, budget, keep, results, evaluate):
+        rows = _equal_params(
+            model, anatomy, costs, calib, budget, keep, args.pareto_method, results, evaluate
+        )
+        for row in rows:
             print(_line(row), flush=True)
     results.save()
     print(f"wrote {out} and {plot_width(results.data, out.with_suffix('.png'))}")
 
 
-def _equal_params(model, anatomy, costs, kind, calib, budget, keep, results, evaluate) -> list[dict]:
+def _equal_params(model, anatomy, costs, calib, budget, keep, method, results, evaluate) -> list[dict]:
     """Depth alone and depth + width at the parameter count `budget` of width alone at `keep`."""
     from prune.collect import collect_stats
     from prune.plan import plan_pruning
@@ -198,7 +213,7 @@ def _equal_params(model, anatomy, costs, kind, calib, budget, keep, results, eva
             kept = costs.max_keep_within(plan.drop, budget)
             fraction = kept / costs.intermediate_size
             pruned = squeeze_model(
-                pruned, calib, keep=fraction, inplace=True, energy_levels=(), progress=False
+                pruned, calib, keep=fraction, method=method, inplace=True, energy_levels=(), progress=False
             ).model
         row = {
             "method": label,
@@ -207,6 +222,7 @@ def _equal_params(model, anatomy, costs, kind, calib, budget, keep, results, eva
             "drop": drop,
             "blocks": list(plan.drop),
             "kept": kept,
+            "width_method": method if width else None,
             "build_s": round(time.perf_counter() - start, 2),
             **evaluate(pruned),
         }
