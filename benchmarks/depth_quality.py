@@ -191,44 +191,52 @@ def run(args, out: Path) -> None:
 
     repairs = args.repairs.split(",")
     one_pass = set(filter(None, args.one_pass.split(",")))
-    # method-major, random last: a run stopped early has every depth of the scored methods
-    order = sorted(methods, key=lambda label: label == "random")
-    for label in order:
-        for drop in (int(d) for d in args.drops.split(",")):
-            seeds = list(range(args.seeds)) if label == "random" else [args.seed]
-            for seed in seeds:
-                chosen = (args.random_repairs or args.repairs).split(",") if label == "random" else repairs
-                cases = [(repair, "sequential") for repair in chosen]
-                for repair, how in cases:
-                    key = f"{drop}|{label}|{repair}|{how}|{seed}"
-                    if results.done(key):
-                        continue
-                    row = _measure(
-                        model,
-                        anatomy,
-                        kind,
-                        calib,
-                        scores,
-                        search,
-                        label,
-                        drop,
-                        repair,
-                        how,
-                        seed,
-                        evaluate,
-                        results.data["rows"],
-                    )
-                    results.add(key, row)
-                    print(_line(row), flush=True)
-                    multi = len(_spans(row["blocks"])) > 1
-                    if (
-                        repair == "linear"
-                        and how == "sequential"
-                        and label in one_pass
-                        and multi
-                        and seed == seeds[0]
-                    ):
-                        cases.append(("linear", "one-pass"))
+    # repair-major in the order given, then the one-pass refits, random last: a run stopped early
+    # has every depth of the scored methods with the first repair
+    drops = [int(d) for d in args.drops.split(",")]
+    scored = [label for label in methods if label != "random"]
+    cases = [
+        (label, drop, repair, "sequential", args.seed)
+        for repair in repairs
+        for label in scored
+        for drop in drops
+    ]
+    cases += [
+        (label, drop, "linear", "one-pass", args.seed)
+        for label in scored
+        if label in one_pass
+        for drop in drops
+    ]
+    if "random" in methods:
+        chosen = (args.random_repairs or args.repairs).split(",")
+        cases += [("random", d, r, "sequential", s) for s in range(args.seeds) for r in chosen for d in drops]
+    for label, drop, repair, how, seed in cases:
+        key = f"{drop}|{label}|{repair}|{how}|{seed}"
+        if results.done(key):
+            continue
+        if how == "one-pass":
+            sequential = [
+                r for r in results.data["rows"] if r["key"] == f"{drop}|{label}|linear|sequential|{seed}"
+            ]
+            if sequential and len(_spans(sequential[0]["blocks"])) < 2:
+                continue  # one span: both orders are the same fit
+        row = _measure(
+            model,
+            anatomy,
+            kind,
+            calib,
+            scores,
+            search,
+            label,
+            drop,
+            repair,
+            how,
+            seed,
+            evaluate,
+            results.data["rows"],
+        )
+        results.add(key, row)
+        print(_line(row), flush=True)
     results.save()
     print(f"wrote {out} and {plot_depth(results.data, out.with_suffix('.png'))}")
 

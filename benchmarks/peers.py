@@ -31,7 +31,8 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("PRUNE_LLM_CACHE", Path.home() / ".cache" / "prune-llm"))
 PEERS = {
-    "short-transformers": ["short-transformers==1.0.0"],
+    # short-transformers declares no transformers dependency; it was written for transformers 4.x
+    "short-transformers": ["short-transformers==1.0.0", "transformers<5"],
     "mergekit": ["mergekit==0.1.5"],
 }
 TORCH = "torch==2.13.0"
@@ -40,7 +41,6 @@ SHORT_DRIVER = textwrap.dedent(
     """
     import json, resource, sys, time
     import torch
-    from datasets import Dataset
     from transformers import AutoTokenizer
     from short_transformers import ShortTransformer
     from short_transformers.utils import get_best_pruning_start
@@ -49,11 +49,11 @@ SHORT_DRIVER = textwrap.dedent(
     model = ShortTransformer.from_pretrained(src, torch_dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src)
     texts = json.load(open(texts_path))
-    dataset = Dataset.from_dict({"content": texts})
-    model.analyse_layers(dataset=dataset, tokenizer=tokenizer, key="content", limit=len(texts),
-                         max_length=max_length)
-    first = int(get_best_pruning_start(model.memory.result, block_size=n))
-    model.remove_layers(block_size=n, start_layer=first)
+    dataset = [{"content": text} for text in texts]  # what analyse_layers iterates (batch size 1)
+    result = model.analyse_layers(dataset=dataset, tokenizer=tokenizer, key="content", limit=len(texts),
+                                  max_length=max_length)
+    first = int(get_best_pruning_start(result, block_size=n))
+    model.prune(start_layer=first, block_size=n)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(json.dumps({"blocks": list(range(first, first + n)), "seconds": time.perf_counter() - start,
@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the rows already measured (not the errors)"
+    )
     args = parser.parse_args()
     out = Path(args.out or f"benchmarks/results/peers_{args.model}.json")
 
@@ -104,18 +107,27 @@ def main() -> None:
     texts_path = work / "calib.json"
     texts_path.write_text(json.dumps(texts))
     protocol.update(eval_samples=args.eval_samples, drop=args.drop)
-    results = Results(out, {"benchmark": "peers", "model": args.model, "kind": kind, "protocol": protocol})
+    results = Results(
+        out,
+        {"benchmark": "peers", "model": args.model, "kind": kind, "protocol": protocol},
+        resume=args.resume,
+    )
+    results.data["rows"] = [row for row in results.data["rows"] if "error" not in row]
+    results._done = {row["key"] for row in results.data["rows"]}
 
     def evaluate(candidate) -> dict:
         return evaluate_model(candidate, tokenizer, kind=kind, texts=eval_texts, settings=settings)
 
-    results.add("dense", {"tool": "dense", **evaluate(model)})
-    ours = _ours(model, anatomy, calib, args.drop, evaluate)
-    for row in ours:
-        results.add(f"ours|{row['tool']}", row)
-        print(row, flush=True)
-    span_blocks = ours[0]["blocks"]
+    if not results.done("dense"):
+        results.add("dense", {"tool": "dense", **evaluate(model)})
+    if not any(row["key"].startswith("ours|") for row in results.data["rows"]):
+        for row in _ours(model, anatomy, calib, args.drop, evaluate):
+            results.add(f"ours|{row['tool']}", row)
+            print(row, flush=True)
+    span_blocks = next(row["blocks"] for row in results.data["rows"] if row["key"].startswith("ours|"))
     for peer in args.peers.split(","):
+        if results.done(f"peer|{peer}"):
+            continue
         row = {"tool": peer}
         try:
             python = _venv(peer)
@@ -174,7 +186,7 @@ def _venv(peer: str) -> Path:
     if marker.exists():
         return python
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True)
-    for packages in ([TORCH], PEERS[peer] + (["datasets"] if peer == "short-transformers" else [])):
+    for packages in ([TORCH], PEERS[peer]):
         done = subprocess.run(
             [str(python), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True
         )

@@ -10,7 +10,7 @@ models, under the GPU assumptions below (stated in the output, change them with 
     squeeze passes           = L / floor(B / (8 d_ff^2))                 B = the Gram memory bound (2 GiB)
     squeeze statistics       = passes * r_ffn * forward(T) / c
     selection                = L * s_cpu * (d_ff / d_ff_small)^3 * (F64_cpu / F64_gpu)
-    memory per GPU           = weights / g + stats (repair: 8 (d+1) 2d per span; squeeze: B)
+    memory per GPU           = weights / g + max(repair 8 (d+1) 2d per span, squeeze Grams per pass)
 
 P parameters, T calibration tokens, F the GPU's dense bf16 peak, u the fraction of it a forward pass
 reaches, M its memory, L blocks, d hidden size, d_ff FFN size; r_stage measured (stage time / bare
@@ -79,7 +79,11 @@ def main() -> None:
 def _ratios(measured: dict) -> tuple[dict, dict]:
     """Each stage's time over the bare forward pass at the largest token budget measured."""
     rows = [r for r in measured["rows"] if r.get("tokens")]
-    budget = max(r["tokens"] for r in rows)
+    stages = {r["stage"] for r in rows}
+    # the largest budget at which every stage was measured (a stopped run may lack the last ones)
+    budget = max(
+        b for b in {r["tokens"] for r in rows} if {r["stage"] for r in rows if r["tokens"] == b} == stages
+    )
     at = {r["stage"].split(" (")[0].split(",")[0]: r for r in rows if r["tokens"] == budget}
     bare = at["forward"]["seconds"]
     ratios = {name: round(r["seconds"] / bare, 3) for name, r in at.items() if name != "forward"}
@@ -123,7 +127,8 @@ def _project(name: str, shape: dict, gpus: int, ratios: dict, small: dict, selec
         selection_min=blocks * selection * scale / 60,
         repair_stats_gb=8 * (d + 1) * 2 * d / 1e9,
         gram_gb_per_block=gram / 1e9,
-        memory_per_gpu_gb=weights_gb / per_copy + max(8 * (d + 1) * 2 * d, min(gram * per_pass, args.gram_bound_gib * 2**30)) / 1e9,
+        # a Gram larger than the bound still needs one block's worth: the bound cannot go below it
+        memory_per_gpu_gb=weights_gb / per_copy + max(8 * (d + 1) * 2 * d, gram * per_pass) / 1e9,
     )  # fmt: skip
     return row
 
