@@ -31,8 +31,9 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("PRUNE_LLM_CACHE", Path.home() / ".cache" / "prune-llm"))
 PEERS = {
-    # short-transformers declares no transformers dependency; it was written for transformers 4.x
-    "short-transformers": ["short-transformers==1.0.0", "transformers<5"],
+    # short-transformers declares no transformers dependency; its layer hook reads a tuple output (result[0]),
+    # which decoder layers stopped returning in later 4.x releases (4.57 fails), so the 4.46 it was written against
+    "short-transformers": ["short-transformers==1.0.0", "transformers==4.46.3"],
     "mergekit": ["mergekit==0.1.5"],
 }
 TORCH = "torch==2.13.0"
@@ -47,7 +48,11 @@ SHORT_DRIVER = textwrap.dedent(
     src, out, texts_path, n, max_length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     start = time.perf_counter()
     model = ShortTransformer.from_pretrained(src, torch_dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except ValueError:  # a tokenizer_config written by transformers 5 names a class 4.x lacks
+        from transformers import PreTrainedTokenizerFast
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=f"{src}/tokenizer.json")
     texts = json.load(open(texts_path))
     dataset = [{"content": text} for text in texts]  # what analyse_layers iterates (batch size 1)
     result = model.analyse_layers(dataset=dataset, tokenizer=tokenizer, key="content", limit=len(texts),
