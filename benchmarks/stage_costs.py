@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/stages_MODEL.json)"
     )
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per speed figure")
     args = parser.parse_args()
     out = Path(args.out or f"benchmarks/results/stages_{args.model}.json")
 
@@ -79,9 +81,12 @@ def main() -> None:
                 "ffn_gram_per_block": d_ff * d_ff * 8,
             },
         },
+        resume=args.resume,
     )
 
     def measure(name: str, budget, work):
+        if results.done(f"{name}|{budget}") and budget is not None:
+            return None
         gc.collect()
         sampler = _sampler()
         with sampler:
@@ -150,7 +155,7 @@ def main() -> None:
         ("cut + FFN keep", both),
     ):
         for batch_size, seq_len in ((args.batch_size, args.seq_len), (1, 32)):
-            speed = speed_metrics(candidate, batch_size=batch_size, seq_len=seq_len, repeats=5)
+            speed = speed_metrics(candidate, batch_size=batch_size, seq_len=seq_len, repeats=args.repeats)
             row = {
                 "stage": "speed",
                 "model": name,
