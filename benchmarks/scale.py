@@ -61,9 +61,9 @@ def main() -> None:
 
     measured = json.loads(Path(args.measured).read_text())
     ratios, small = _ratios(measured)
-    selection = args.selection_s_per_block
+    selection, source = args.selection_s_per_block, "--selection-s-per-block"
     if selection is None:
-        selection = _selection_per_block()
+        selection, source = _selection_per_block()
     rows = []
     for name, shape in MODELS.items():
         for gpus in (1, 8):
@@ -71,7 +71,7 @@ def main() -> None:
     assumptions = {k: getattr(args, k) for k in ("tokens", "gpu_tflops", "utilisation", "gpu_memory_gb",
                    "reserve_gb", "fp64_gflops_cpu", "fp64_tflops_gpu", "gram_bound_gib")}  # fmt: skip
     report = {"benchmark": "scale", "measured_from": args.measured, "ratios": ratios, "small": small,
-              "selection_s_per_block_small": selection, "assumptions": assumptions, "rows": rows}  # fmt: skip
+              "selection_s_per_block_small": selection, "selection_from": source, "assumptions": assumptions, "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(table(report))
 
@@ -92,16 +92,18 @@ def _ratios(measured: dict) -> tuple[dict, dict]:
     return ratios, small
 
 
-def _selection_per_block() -> float:
-    """The squeeze selection time per block measured by width_quality.py on SmolLM2 (keep 0.75), if any."""
-    for name in ("width_smollm2-135m.json", "width_smollm2-135m_quick.json"):
+def _selection_per_block() -> tuple[float, str]:
+    """The squeeze selection time per block measured by width_quality.py at keep 0.75 (d_ff 1536 in both
+    SmolLM2-135M and MiniLM-L6, so either serves), and where it comes from."""
+    names = ("width_smollm2-135m.json", "width_smollm2-135m_quick.json", "width_minilm-l6_quick.json")
+    for name in names:
         path = Path("benchmarks/results") / name
         if path.exists():
             data = json.loads(path.read_text())
             for row in data["rows"]:
-                if row["method"] == "squeeze" and row.get("squeeze_s"):
-                    return row["squeeze_s"] / data["num_blocks"]
-    return float("nan")
+                if row["method"] == "squeeze" and row.get("keep") == 0.75 and row.get("squeeze_s"):
+                    return row["squeeze_s"] / data["num_blocks"], f"{name}: squeeze at keep 0.75"
+    return float("nan"), "not measured"
 
 
 def _project(name: str, shape: dict, gpus: int, ratios: dict, small: dict, selection: float, args) -> dict:
@@ -140,8 +142,9 @@ def table(report: dict) -> str:
         f"{a['gpu_memory_gb']:.0f} GB per GPU ({a['reserve_gb']:.0f} GB reserved), fp64 {a['fp64_tflops_gpu']:.0f} "
         f"TFLOP/s on the GPU vs {a['fp64_gflops_cpu']:.0f} GFLOP/s on the measuring CPU core; "
         f"{a['tokens']:.0f} calibration tokens; Gram bound {a['gram_bound_gib']} GiB. Measured stage / forward "
-        f"ratios ({report['small']['model']}, {report['small']['tokens']} tokens): {report['ratios']}; selection "
-        f"{report['selection_s_per_block_small']:.2f} s per block there.",
+        f"ratios ({report['small']['model']}, {report['small']['tokens']} tokens): {report['ratios']}; analyse = "
+        "0.9 x forward (collector_overhead.py: 0.80-1.00x); selection "
+        f"{report['selection_s_per_block_small']:.2f} s per block ({report.get('selection_from')}, d_ff 1536).",
         "",
         "| model | GPUs | GPUs per copy | copies | forward min | analyse min | repair min / span | squeeze passes | "
         "squeeze stats min | selection min | repair stats GB / span | Gram GB / block | memory / GPU GB |",
@@ -150,12 +153,12 @@ def table(report: dict) -> str:
     for r in report["rows"]:
         if not r["fits"]:
             lines.append(
-                f"| {r['model']} | {r['gpus']} | {r['gpus_per_copy']} | 0 | does not fit | | | | | | | | |"
+                f"| {r['model']} | {r['gpus']} | {r['gpus_per_copy']} | 0 | weights do not fit in one GPU: device_map with CPU offload | | | | | | | | |"
             )
             continue
         lines.append(
-            f"| {r['model']} | {r['gpus']} | {r['gpus_per_copy']} | {r['copies']} | {r['forward_min']:.1f} | "
-            f"{r['analyse_min']:.1f} | {r['repair_min_per_span']:.1f} | {r['squeeze_passes']} | "
+            f"| {r['model']} | {r['gpus']} | {r['gpus_per_copy']} | {r['copies']} | {r['forward_min']:.2f} | "
+            f"{r['analyse_min']:.2f} | {r['repair_min_per_span']:.2f} | {r['squeeze_passes']} | "
             f"{r['squeeze_stats_min']:.1f} | {r['selection_min']:.1f} | {r['repair_stats_gb']:.2f} | "
             f"{r['gram_gb_per_block']:.2f} | {r['memory_per_gpu_gb']:.1f} |"
         )
