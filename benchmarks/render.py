@@ -93,6 +93,8 @@ def header(data: dict) -> str:
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "-"
+    if abs(value) >= 1e5:  # a collapsed model: the order of magnitude is what matters
+        return f"{value:.2g}"
     return f"{value:.2f}" if kind == "causal-lm" else f"{value:.3f}"
 
 
@@ -121,7 +123,11 @@ def depth_tables(data: dict) -> str:
     drops = sorted({r["drop"] for r in rows})
     repairs = list(dict.fromkeys(r["repair"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    described = data.get("protocol", {}).get("methods", {})
+    from benchmarks.depth_quality import METHODS
+
+    described = {name: entry[3] for name, entry in METHODS.items()} | data.get("protocol", {}).get(
+        "methods", {}
+    )
     default = data.get("protocol", {}).get("default", {"strategy": "span", "repair": "linear"})
     better = "lower" if kind == "causal-lm" else "higher"
     total = data["num_blocks"]
