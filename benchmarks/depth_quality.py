@@ -49,7 +49,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model")
-    parser.add_argument("--drops", required=True, help="blocks removed, comma-separated, e.g. 3,6,9")
+    parser.add_argument("--drops", help="blocks removed, comma-separated, e.g. 3,6,9 (needed to measure)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repairs", default=",".join(REPAIRS))
     parser.add_argument("--seeds", type=int, default=5, help="random: this many seeds")
@@ -89,6 +89,8 @@ def main() -> None:
 
         print(f"wrote {plot_depth(json.loads(out.read_text()), out.with_suffix('.png'))}")
         return
+    if not args.drops:
+        parser.error("--drops is needed to measure (only --plot-only and --merge work without it)")
     run(args, out)
 
 
