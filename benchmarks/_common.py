@@ -1,0 +1,155 @@
+"""What every quality benchmark shares: the protocol (data, settings), the machine, incremental JSON, figures.
+
+The benchmarks compose the library's stages (`prune.loading`, `prune.collect`, `prune.plan`,
+`prune.surgery`, `prune.repair`, `prune.width`, `prune.evaluation`); this module only holds the
+bookkeeping around them, so that each result file says how it was made (command, date, machine, data,
+sizes) and `benchmarks/render.py` can print that next to the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from: CPU, threads, torch, and the accelerator if one was used."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cpu",
+    }
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def command_line() -> str:
+    """The command that produced a result, as a user would retype it."""
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(Path.cwd())
+    return " ".join(["PYTHONPATH=. python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Results:
+    """A result file written after every row, so a long grid that is stopped keeps what it measured.
+
+    With ``resume``, rows already in the file (same key) are kept and not measured again.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any], *, resume: bool = False):
+        self.path = Path(path)
+        self.data: dict[str, Any] = {
+            **header,
+            "command": command_line(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "rows": [],
+        }
+        if resume and self.path.exists():
+            old = json.loads(self.path.read_text())
+            self.data["rows"] = old.get("rows", [])
+            self.data.update({k: v for k, v in old.items() if k not in self.data})
+        self._done = {row["key"] for row in self.data["rows"]}
+
+    def done(self, key: str) -> bool:
+        return key in self._done
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        self.data["rows"].append({"key": key, **row})
+        self._done.add(key)
+        self.save()
+
+    def save(self, **extra: Any) -> None:
+        self.data.update(extra)
+        self.data["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=_jsonable))
+        tmp.replace(self.path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def protocol_data(tokenizer: Any, kind: str, *, calib_samples: int, seq_len: int, batch_size: int, seed: int):
+    """Calibration batches and held-out texts of the default corpus, checked disjoint.
+
+    Returns:
+        (calibration batches, held-out texts, a JSON-able description of the protocol).
+    """
+    from prune.data import load_texts, make_batches
+
+    calib_texts = load_texts("default", purpose="calib", seed=seed)
+    eval_texts = load_texts("default", purpose="eval", seed=seed)
+    shared = set(calib_texts) & set(eval_texts)
+    if shared:
+        raise SystemExit(f"{len(shared)} texts are both calibration and held-out text; fix the split first")
+    batches = make_batches(
+        tokenizer,
+        calib_texts,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        num_samples=calib_samples,
+        packed=kind == "causal-lm",
+    )
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    protocol = {
+        "data": "default corpus (prune.data.load_texts): calibration split for statistics, search and fits; "
+        "the eval split for quality; no text in both (checked)",
+        "calib_texts": len(calib_texts),
+        "eval_texts": len(eval_texts),
+        "calib_samples": calib_samples,
+        "calib_tokens": tokens,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    return batches, eval_texts, protocol
+
+
+def quality_keys(kind: str) -> tuple[str, ...]:
+    """The held-out quality a table shows: perplexity for causal LMs, fidelity to the original for encoders."""
+    return ("perplexity",) if kind == "causal-lm" else ("cosine_mean", "cosine_min")
+
+
+def figure(width: float, height: float, ncols: int = 1):
+    """A matplotlib Figure and its axes on the Agg canvas (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)

@@ -1,0 +1,392 @@
+"""Depth pruning, quality: every published block-selection method through one harness, with and without repair.
+
+Per model: one load, one calibration pass for every score (block influence, angular distance, CKA;
+one more in last-token mode for PruneMe's variant), one calibration-loss search context for the
+greedy method. Then per depth x method x repair: plan (`prune.plan.plan_pruning`), cut
+(`prune.surgery.remove_blocks`), repair (`prune.repair.repair_cut`), and evaluate on held-out text
+disjoint from the calibration text (`prune.evaluation.evaluate_model`): perplexity for causal LMs,
+cosine fidelity of the embeddings to the original's for encoders. Random is 5 seeds (mean and spread
+in the tables). The rows are written to JSON after each measurement (--resume continues a stopped
+run) and a PNG curve of quality against blocks removed is drawn from them.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py smollm2-135m --drops 3,6,9 --quick
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py minilm-l6 --drops 1,2
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py mpnet-base --drops 2,4
+
+"ours (default)" is what `prune-llm MODEL --target N-layers` does with its default options
+(`prune.options.PruneOptions`): read from there, not restated here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+# label -> (strategy, metric, token mode of the scores, the method it stands for)
+METHODS: dict[str, tuple[str, str | None, str, str]] = {
+    "span": ("span", "angular", "tokens", "Gromov et al. 2024: angular distance, contiguous span"),
+    "span-last": ("span", "angular", "last", "PruneMe: angular distance of the last token, contiguous span"),
+    "topk": ("topk", "bi", "tokens", "ShortGPT: block influence, independent top-k"),
+    "cka": ("cka", "cka", "tokens", "RedTest: CKA of block input and output"),
+    "iterative": ("iterative", None, "tokens", "SLEB-like: greedy removal on calibration loss"),
+    "last": ("last", None, "tokens", "reverse order: the last blocks before the final one"),
+    "random": ("random", None, "tokens", "random blocks (seeds 0-4)"),
+    "span-repair": (
+        "span-repair",
+        None,
+        "tokens",
+        "ours: the closest spans, refitted, lowest repaired error",
+    ),
+}
+REPAIRS = ("none", "scale", "linear")
+QUICK = {"calib_samples": 16, "eval_samples": 8, "search_batches": 2}
+FULL = {"calib_samples": 64, "eval_samples": 32, "search_batches": 4}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model")
+    parser.add_argument("--drops", help="blocks removed, comma-separated, e.g. 3,6,9 (needed to measure)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--repairs", default=",".join(REPAIRS))
+    parser.add_argument("--seeds", type=int, default=5, help="random: this many seeds")
+    parser.add_argument(
+        "--random-repairs", default=None, help="repairs of the random rows (default: --repairs)"
+    )
+    parser.add_argument(
+        "--merge", nargs="*", default=None, help="add the rows of these result files to --out"
+    )
+    parser.add_argument(
+        "--one-pass",
+        default="topk,cka",
+        help="methods whose multi-span cuts are also repaired (linear) with repair_order one-pass",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"small calibration and evaluation: {QUICK}")
+    parser.add_argument("--calib-samples", type=int, default=None)
+    parser.add_argument("--eval-samples", type=int, default=None)
+    parser.add_argument("--search-batches", type=int, default=None, help="iterative: batches per candidate")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/depth_MODEL[_quick].json)"
+    )
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out")
+    parser.add_argument("--plot-only", action="store_true", help="draw the PNG from --out and stop")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    out = Path(args.out or f"benchmarks/results/depth_{args.model}{'_quick' if args.quick else ''}.json")
+    if args.merge:
+        _merge(out, args.merge)
+    if args.plot_only or args.merge:
+        import json
+
+        print(f"wrote {plot_depth(json.loads(out.read_text()), out.with_suffix('.png'))}")
+        return
+    if not args.drops:
+        parser.error("--drops is needed to measure (only --plot-only and --merge work without it)")
+    run(args, out)
+
+
+def run(args, out: Path) -> None:
+    from benchmarks._common import Results, protocol_data
+    from prune.anatomy import get_anatomy
+    from prune.collect import collect_stats
+    from prune.evaluation import EvalSettings, evaluate_model
+    from prune.loading import load_model
+    from prune.options import PruneOptions
+    from prune.plan import SearchContext, required_metrics
+
+    defaults = PruneOptions(model=args.model, target="drop-1")  # the options of a plain `--target` run
+    loaded = load_model(args.model, device="cpu", dtype="float32", progress=False)
+    model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
+    anatomy = get_anatomy(model)
+    calib, eval_texts, protocol = protocol_data(
+        tokenizer,
+        kind,
+        calib_samples=args.calib_samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    settings = EvalSettings(
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        num_samples=args.eval_samples,
+        generation=False,
+        speed=False,
+    )
+    # Encoders are scored against the original's embeddings; causal LMs by their own perplexity (a KL to
+    # the original would run it again for every row).
+    reference = model if kind == "encoder" else None
+
+    def evaluate(candidate) -> dict:
+        return evaluate_model(
+            candidate, tokenizer, kind=kind, texts=eval_texts, reference=reference, settings=settings
+        )
+
+    methods = args.methods.split(",")
+    protocol.update(
+        eval_samples=args.eval_samples,
+        eval_tokens_per_window=args.seq_len,
+        search="iterative: SearchContext defaults (objective loss for causal LMs, cosine for encoders), "
+        f"{args.search_batches} calibration batches per candidate",
+        default={
+            "strategy": defaults.strategy,
+            "repair": defaults.repair,
+            "repair_order": defaults.repair_order,
+        },
+        methods={label: METHODS[label][3] for label in methods},
+        quick=args.quick,
+    )
+    results = Results(
+        out,
+        {
+            "benchmark": "depth_quality",
+            "model": args.model,
+            "kind": kind,
+            "num_blocks": anatomy.num_blocks,
+            "protocol": protocol,
+        },
+        resume=args.resume,
+    )
+    if not results.done("dense"):
+        start = time.perf_counter()
+        results.add(
+            "dense", {"method": "dense", "drop": 0, "blocks": [], **evaluate(model), "eval_s": _since(start)}
+        )
+    print(
+        f"{args.model}: {anatomy.num_blocks} blocks, {protocol['calib_tokens']} calibration tokens",
+        flush=True,
+    )
+
+    needed = {
+        m
+        for label in methods
+        if METHODS[label][2] == "tokens"
+        for m in required_metrics(METHODS[label][0], METHODS[label][1])
+    }
+    needed |= {"angular"} if "span-repair" in methods else set()
+    start = time.perf_counter()
+    scores = {
+        "tokens": collect_stats(
+            model, calib, anatomy=anatomy, metrics=sorted(needed), progress=False
+        ).scores()
+    }
+    collect_s = {"tokens": _since(start)}
+    if any(METHODS[label][2] == "last" for label in methods):
+        start = time.perf_counter()
+        stats = collect_stats(
+            model, calib, anatomy=anatomy, metrics=("angular",), token_mode="last", progress=False
+        )
+        scores["last"], collect_s["last"] = stats.scores(), _since(start)
+    search = SearchContext(
+        model=model, batches=calib, kind=kind, anatomy=anatomy, max_batches=args.search_batches
+    )
+    results.save(collect_s=collect_s, metrics=sorted(needed))
+
+    repairs = args.repairs.split(",")
+    one_pass = set(filter(None, args.one_pass.split(",")))
+    # repair-major in the order given, then the one-pass refits, random last: a run stopped early
+    # has every depth of the scored methods with the first repair
+    drops = [int(d) for d in args.drops.split(",")]
+    scored = [label for label in methods if label != "random"]
+    cases = [
+        (label, drop, repair, "sequential", args.seed)
+        for repair in repairs
+        for label in scored
+        for drop in drops
+    ]
+    cases += [
+        (label, drop, "linear", "one-pass", args.seed)
+        for label in scored
+        if label in one_pass
+        for drop in drops
+    ]
+    if "random" in methods:
+        chosen = (args.random_repairs or args.repairs).split(",")
+        cases += [("random", d, r, "sequential", s) for s in range(args.seeds) for r in chosen for d in drops]
+    for label, drop, repair, how, seed in cases:
+        key = f"{drop}|{label}|{repair}|{how}|{seed}"
+        if results.done(key):
+            continue
+        if how == "one-pass":
+            sequential = [
+                r for r in results.data["rows"] if r["key"] == f"{drop}|{label}|linear|sequential|{seed}"
+            ]
+            if sequential and len(_spans(sequential[0]["blocks"])) < 2:
+                continue  # one span: both orders are the same fit
+        row = _measure(
+            model,
+            anatomy,
+            kind,
+            calib,
+            scores,
+            search,
+            label,
+            drop,
+            repair,
+            how,
+            seed,
+            evaluate,
+            results.data["rows"],
+        )
+        results.add(key, row)
+        print(_line(row), flush=True)
+    results.save()
+    print(f"wrote {out} and {plot_depth(results.data, out.with_suffix('.png'))}")
+
+
+def _measure(
+    model, anatomy, kind, calib, scores, search, label, drop, repair, order, seed, evaluate, done
+) -> dict:
+    """One row; a cut already measured (same blocks, repair and order, e.g. two methods that agree)
+    is not measured again: its numbers are copied and the row says from where."""
+    from prune.plan import plan_pruning
+    from prune.repair import RepairError, repair_cut
+    from prune.surgery import remove_blocks
+
+    strategy, metric, mode, _ = METHODS[label]
+    start = time.perf_counter()
+    plan = plan_pruning(
+        scores[mode],
+        anatomy.num_blocks,
+        f"drop-{drop}",
+        strategy,
+        metric=metric,
+        seed=seed,
+        search=search if getattr(_strategy(strategy), "needs_search", False) else None,
+    )
+    plan_s = _since(start)
+    start = time.perf_counter()
+    pruned = remove_blocks(model, plan.drop, anatomy=anatomy, share_weights=True)
+    surgery_s = _since(start)
+    row = {
+        "method": label,
+        "strategy": strategy,
+        "metric": metric,
+        "token_mode": mode,
+        "drop": drop,
+        "repair": repair,
+        "order": order,
+        "seed": seed,
+        "blocks": list(plan.drop),
+    }
+    for old in done:
+        same = (old.get("blocks"), old.get("repair"), old.get("order"), old.get("drop")) == (
+            row["blocks"],
+            repair,
+            order,
+            drop,
+        )
+        if same and "same_as" not in old:
+            copied = {k: v for k, v in old.items() if k not in row and k != "key"}
+            return {**row, **copied, "same_as": old["key"], "plan_s": plan_s}
+    start = time.perf_counter()
+    try:
+        report = repair_cut(
+            model, pruned, plan.drop, calib, method=repair, anatomy=anatomy, order=order, progress=False
+        )
+    except RepairError as err:  # recorded, not hidden: the table shows the method cannot repair this cut
+        return {**row, "error": str(err), "plan_s": plan_s, "repair_s": _since(start), "eval_s": 0.0}
+    repair_s = _since(start)
+    start = time.perf_counter()
+    quality = evaluate(pruned)
+    return {
+        **row,
+        **quality,
+        "residuals": [(s.first, s.last, s.residual_before, s.residual_after) for s in report.spans],
+        "warnings": list(report.warnings),
+        "plan_s": plan_s,
+        "surgery_s": surgery_s,
+        "repair_s": repair_s,
+        "eval_s": _since(start),
+    }
+
+
+def _merge(out: Path, others: list[str]) -> None:
+    """Rows of runs of the same protocol split over processes (e.g. one depth each), into one file."""
+    import json
+
+    data = json.loads(out.read_text())
+    keys = {row["key"] for row in data["rows"]}
+    for other in others:
+        extra = json.loads(Path(other).read_text())
+        if extra["protocol"] != data["protocol"] | {"methods": extra["protocol"]["methods"]}:
+            raise SystemExit(f"{other} was measured with another protocol than {out}; not merged")
+        data["rows"] += [row for row in extra["rows"] if row["key"] not in keys]
+        data.setdefault("merged_commands", []).append(extra["command"])
+    out.write_text(json.dumps(data, indent=1))
+
+
+def _strategy(name: str):
+    from prune.plan import STRATEGIES
+
+    return STRATEGIES.get(name)
+
+
+def _spans(blocks: list[int]) -> list[tuple[int, int]]:
+    from prune.repair.base import contiguous_spans
+
+    return contiguous_spans(blocks)
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def _line(row: dict) -> str:
+    if "error" in row:
+        return f"drop {row['drop']} | {row['method']} | {row['blocks']} | {row['repair']}: {row['error']}"
+    quality = ", ".join(f"{k} {row[k]:.4g}" for k in ("perplexity", "cosine_mean", "cosine_min") if k in row)
+    return (
+        f"drop {row['drop']} | {row['method']} (seed {row['seed']}) | {row['blocks']} | {row['repair']} "
+        f"{row['order']} | {quality} | repair {row['repair_s']:.1f} s, eval {row['eval_s']:.1f} s"
+    )
+
+
+def plot_depth(data: dict, path: Path) -> Path:
+    """Quality against blocks removed: one panel per repair, one line per method (random: mean +- std)."""
+    import statistics
+
+    from benchmarks._common import figure, quality_keys
+
+    key = quality_keys(data["kind"])[0]
+    rows = [
+        r for r in data["rows"] if r["method"] != "dense" and r.get("order", "sequential") == "sequential"
+    ]
+    dense = next(r[key] for r in data["rows"] if r["method"] == "dense")
+    repairs = list(dict.fromkeys(r["repair"] for r in rows))
+    fig, axes = figure(5.0 * len(repairs), 4.0, ncols=len(repairs))
+    for axis, repair in zip(axes, repairs, strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            points: dict[int, list[float]] = {}
+            for r in rows:
+                if r["method"] == method and r["repair"] == repair and key in r:
+                    points.setdefault(r["drop"], []).append(r[key])
+            drops = sorted(points)
+            means = [statistics.fmean(points[d]) for d in drops]
+            spread = [statistics.pstdev(points[d]) if len(points[d]) > 1 else 0.0 for d in drops]
+            axis.errorbar(
+                [0, *drops], [dense, *means], yerr=[0.0, *spread], marker="o", capsize=3, label=method
+            )
+        axis.set_title(f"{data['model']}: repair {repair}")
+        axis.set_xlabel("blocks removed")
+        axis.set_ylabel(f"held-out {key}")
+        if key == "perplexity":
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+if __name__ == "__main__":
+    main()
