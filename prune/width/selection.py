@@ -75,12 +75,14 @@ def _sorted(index: list[int] | Tensor) -> Tensor:
     return torch.as_tensor(index, dtype=torch.long).sort().values
 
 
-# Greedy steps run in chunks: each chunk re-scores every neuron, takes a pool of the best candidates and
-# picks from it one at a time, exactly (lazy rank-1 corrections restricted to the pool), then applies the
-# chunk's picks to the full matrices in one matrix product. The result is the one-at-a-time greedy as
-# long as its picks stay inside the pool; it costs about CHUNKS full-matrix updates per block instead of
-# one per neuron (memory-bound rank-1 updates of a d_ff x d_ff matrix are the slow part on a CPU).
-CHUNKS = 16
+# Greedy steps are exact one at a time, but the n x n matrix is touched only every BLOCK picks: between
+# full updates the picks' vectors are kept aside, a column of the current matrix is the stored one minus
+# their contribution (O(n t)), and the diagonal and the coefficient column norms that the scores need are
+# updated in O(n) and O(d n) per pick. The BLOCK picks are then applied to the full matrices in one
+# matrix product (BLAS-3). Rank-1 updates of a d_ff x d_ff matrix per pick are memory-bound and were the
+# slow part on a CPU; this makes the same picks as the textbook loop (tests/test_squeeze.py checks it
+# against one).
+BLOCK = 64
 
 
 def _greedy(
@@ -111,45 +113,47 @@ def _greedy(
     """
     m = matrix.clone()
     b = None if coeffs is None else coeffs.clone()
-    free = torch.ones(m.shape[0], dtype=torch.bool)
+    size = m.shape[0]
+    free = torch.ones(size, dtype=torch.bool)
     order: list[int] = []
     gains: list[float] = []
-    chunk = max(1, -(-steps // CHUNKS))
-    while len(order) < steps and sum(gains) < stop_gain:
-        take = min(chunk, steps - len(order))
-        scores = score(m.diagonal(), None if b is None else (b * b).sum(0))
-        scores[~free] = -float("inf")
-        pool = torch.topk(scores, min(2 * take + 2, int(free.sum()))).indices
-        us: list[Tensor] = []
-        bs: list[Tensor] = []
-        taken = torch.zeros(pool.numel(), dtype=torch.bool)
-        for _ in range(take):
-            u_pool = torch.stack([u[pool] for u in us]) if us else None
-            diag = m.diagonal()[pool] - (0 if u_pool is None else (u_pool * u_pool).sum(0))
-            cols = None
-            if b is not None:
-                cols = b[:, pool] - (0 if u_pool is None else torch.stack(bs, 1) @ u_pool)
-            pool_scores = score(diag, None if cols is None else (cols * cols).sum(0))
-            pool_scores[taken | (diag <= tol)] = -float("inf")
-            i = int(torch.argmax(pool_scores))
-            if pool_scores[i] == -float("inf"):
+    total = 0.0
+    while len(order) < steps and total < stop_gain:
+        width = min(BLOCK, steps - len(order))
+        us = torch.zeros(size, width, dtype=m.dtype)
+        bs = None if b is None else torch.zeros(b.shape[0], width, dtype=m.dtype)
+        diag = m.diagonal().clone()
+        norms = None if b is None else (b * b).sum(0)
+        t = 0
+        while t < width and total < stop_gain:
+            scores = score(diag, norms)
+            scores[~free | (diag <= tol)] = -float("inf")
+            j = int(torch.argmax(scores))
+            if scores[j] == -float("inf"):
                 break
-            j = int(pool[i])
-            root = float(diag[i]) ** 0.5
-            column = m[:, j] - (0 if not us else torch.stack(us, 1) @ torch.stack([u[j] for u in us]))
-            us.append(column / root)
-            if cols is not None:
-                bs.append(cols[:, i] / root)
-            taken[i] = True
+            root = float(diag[j]) ** 0.5
+            row = us[j, :t]
+            u = (m[:, j] - us[:, :t] @ row) / root
+            us[:, t] = u
+            if b is not None:
+                bj = (b[:, j] - bs[:, :t] @ row) / root
+                bs[:, t] = bj
+                # b^T B_current, from the stored B and the picks since it was stored
+                cross = bj @ b - (bj @ bs[:, :t]) @ us[:, :t].T
+                norms = norms - 2 * u * cross + u * u * float(bj @ bj)
+            diag = diag - u * u
             free[j] = False
             order.append(j)
-            gains.append(float((us[-1] * us[-1]).sum()))
-        if not us:
+            gains.append(float(u @ u))
+            total += gains[-1]
+            t += 1
+        if t == 0:
             break
-        u_all = torch.stack(us)
-        m -= u_all.T @ u_all
+        # in place (addmm_): a temporary n x n product and a second pass over m cost more than the product
+        picked = us[:, :t].contiguous()
+        m.addmm_(picked, picked.T, alpha=-1.0)
         if b is not None:
-            b -= torch.stack(bs, 1) @ u_all
+            b.addmm_(bs[:, :t].contiguous(), picked.T, alpha=-1.0)
     return order, gains
 
 
