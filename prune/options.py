@@ -175,6 +175,42 @@ class PruneOptions(BaseModel):
         default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
     )
 
+    # -- pruning to a budget (prune.budget, #15) --
+    budget: str | None = Field(
+        default=None,
+        description="Prune to a budget instead of a block count: the tool chooses how many blocks to cut (with "
+        "--strategy and --repair) and how many FFN neurons to keep, scored on a held-back quarter of the "
+        "calibration data. 'params:100M' (at most that many parameters), 'size:350MB' (weights in the "
+        "checkpoint's dtype), 'latency:0.7x' (forward pass measured on this machine vs the original), "
+        "'loss:1.10x' (the smallest model whose held-back perplexity stays within 1.10x). Replaces --target "
+        "and --ffn-keep.",
+    )
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            from prune.budget.spec import parse_budget
+            from prune.errors import BudgetError
+
+            try:
+                parse_budget(value)
+            except BudgetError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _budget_alone(self) -> PruneOptions:
+        if self.budget is not None and (self.target is not None or self.ffn_keep is not None):
+            given = " and ".join(
+                f for f, v in (("--target", self.target), ("--ffn-keep", self.ffn_keep)) if v
+            )
+            raise ValueError(
+                f"--budget chooses the depth and the FFN width itself; drop {given} (or drop --budget to "
+                "prune by hand)"
+            )
+        return self
+
     @field_validator("ffn_keep")
     @classmethod
     def _ffn_keep(cls, value: float | str | None) -> float | str | None:
@@ -190,9 +226,9 @@ class PruneOptions(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_do(self) -> PruneOptions:
-        if self.target is None and self.ffn_keep is None:
+        if self.target is None and self.ffn_keep is None and self.budget is None:
             raise ValueError(
                 "nothing to prune: pass --target (blocks to remove, e.g. 8-layers) and/or --ffn-keep "
-                "(FFN width to keep, e.g. 0.75)"
+                "(FFN width to keep, e.g. 0.75), or --budget (e.g. params:100M)"
             )
         return self

@@ -113,7 +113,6 @@ def run_pruning(
     from prune.plan import parse_target, plan_pruning, required_metrics
     from prune.preflight import check_counted_tokens, preflight, resolve_out
     from prune.repair import get_repair
-    from prune.surgery import remove_blocks
 
     # Everything that can be checked before the expensive work is checked first (target, output,
     # token, config, all the data), so a bad flag never costs a model load or a calibration pass.
@@ -154,9 +153,15 @@ def run_pruning(
         num_samples=options.calib_samples,
         packed=packed,
     )
-    if options.target is None:
+    all_calib = calib_batches
+    if options.budget is not None:
+        from prune.budget.build import split_calibration
+
+        # the budget search scores on a held-back part: nothing is fitted or ranked on it
+        calib_batches, _ = split_calibration(calib_batches)
+    if options.target is None and options.budget is None:
         # width only: no depth statistics are needed
-        plan, scores, stats = _no_cut(anatomy.num_blocks), {}, None
+        plan, scores, stats, budget = _no_cut(anatomy.num_blocks), {}, None, None
     else:
         metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *REPORT_METRICS]))
         logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(calib_batches))
@@ -175,29 +180,44 @@ def run_pruning(
         check_counted_tokens(stats.num_tokens, options.skip_tokens)
         scores = stats.scores()
 
-        search = None
+        search, budget = None, None
         if _strategy_needs_search(options.strategy):
             from prune.plan.search import SearchContext
 
             search = SearchContext(model=original, batches=calib_batches, kind=loaded.kind, anatomy=anatomy)
-        plan = plan_pruning(
-            scores,
-            anatomy.num_blocks,
-            options.target,
-            options.strategy,
-            metric=options.metric,
-            allow_last=options.allow_last,
-            seed=options.seed,
-            search=search,
+        if options.budget is not None:
+            from prune.budget.run import prune_to_budget
+
+            budget = prune_to_budget(
+                options,
+                original,
+                anatomy,
+                loaded.kind,
+                all_calib,
+                scores,
+                search_context=search,
+                copy_result=model is not None,
+                progress=progress,
+            )
+        plan = (
+            budget.plan
+            if budget is not None
+            else plan_pruning(
+                scores,
+                anatomy.num_blocks,
+                options.target,
+                options.strategy,
+                metric=options.metric,
+                allow_last=options.allow_last,
+                seed=options.seed,
+                search=search,
+            )
         )
     logger.info("plan: drop blocks %s (%s)", list(plan.drop), plan.reason)
-    # A model the pipeline loaded itself is only read (evaluated) and then dropped, so the pruned copy
-    # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
-    # in gets a real copy, so that whatever they do with the result later never reaches their model.
-    pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
-    repair = _repair(options, original, pruned, plan, anatomy, calib_batches, progress)
-    # the squeeze measures the model it squeezes: after the cut and its repair
-    squeeze = _squeeze(options, pruned, calib_batches, progress) if options.ffn_keep is not None else None
+    if budget is not None:  # built by the budget stage exactly as it was scored
+        pruned, repair, squeeze = budget.model, budget.repair, budget.squeeze
+    else:
+        pruned, repair, squeeze = _build(options, original, plan, anatomy, calib_batches, model, progress)
 
     comparison, eval_info = None, {}
     if checked.eval_texts is not None:
@@ -220,6 +240,8 @@ def run_pruning(
         squeeze,
     )
     report["repair"] = repair.to_dict()
+    if budget is not None:
+        report["budget"] = budget.search.to_dict(budget.search.info.get("d_ff", 0))
     result = PruneResult(
         model=pruned, tokenizer=tokenizer, plan=plan, scores=scores, report=report, comparison=comparison
     )
@@ -233,6 +255,20 @@ def run_pruning(
     if options.push_to_hub:
         result.hub_url = _push(result, options, loaded.source)
     return result
+
+
+def _build(options: PruneOptions, original, plan, anatomy, calib_batches, model, progress: bool):
+    """Cut, repair and squeeze as `plan` and the options say."""
+    from prune.surgery import remove_blocks
+
+    # A model the pipeline loaded itself is only read (evaluated) and then dropped, so the pruned copy
+    # can share its tensors: the run then holds one set of weights, not two. A model the caller passed
+    # in gets a real copy, so that whatever they do with the result later never reaches their model.
+    pruned = remove_blocks(original, plan.drop, anatomy=anatomy, share_weights=model is None)
+    repair = _repair(options, original, pruned, plan, anatomy, calib_batches, progress)
+    # the squeeze measures the model it squeezes: after the cut and its repair
+    squeeze = _squeeze(options, pruned, calib_batches, progress) if options.ffn_keep is not None else None
+    return pruned, repair, squeeze
 
 
 def _repair(options: PruneOptions, original, pruned, plan, anatomy, batches, progress: bool):
@@ -448,6 +484,10 @@ def _write_plots(result: PruneResult, folder: Path) -> None:
                 folder / "ffn_neurons_needed.png",
                 kept=squeeze["kept"],
             )
+        if result.report.get("budget"):
+            from prune.budget.report import plot_budget_frontier
+
+            plot_budget_frontier(result.report["budget"], folder / "budget_frontier.png")
         if result.comparison is not None:
             plot_before_after(
                 result.comparison.before,
