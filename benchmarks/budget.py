@@ -29,6 +29,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--json-out", default=None)
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="skip the search: evaluate these 'BLOCKS_CUT:FFN_KEEP' configurations (comma-separated), "
+        "e.g. 2:968,0:864,10:1536 (the blocks come from --strategy)",
+    )
     args = parser.parse_args()
 
     from prune.anatomy import get_anatomy
@@ -62,16 +68,44 @@ def main() -> None:
     start = time.perf_counter()
     fit, _ = split_calibration(calib)
     scores = collect_stats(model, fit, anatomy=anatomy, metrics=("angular", "bi"), progress=False).scores()
-    result, state = run_budget_search(options, model, anatomy, kind, calib, scores)
-    search_s = time.perf_counter() - start
-    print(f"search: {search_s:.0f} s, {state.builder.builds} builds; {result.reason}", flush=True)
-    for item in result.explored:
-        print(
-            f"  {item.candidate.label(state.d_ff)}: {item.candidate.params:,} params, "
-            f"held-back ppl {item.perplexity:.3f}",
-            flush=True,
-        )
+    report = {
+        "model": args.model,
+        "budget": args.budget,
+        "calib_samples": args.calib_samples,
+        "eval_samples": args.eval_samples,
+        "seq_len": args.seq_len,
+        "rows": [],
+    }
+    if args.configs:
+        from prune.budget.run import _Search
 
+        state = _Search(options, model, anatomy, kind, *split_calibration(calib), scores, None, False)
+        ends = {}
+        for item in args.configs.split(","):
+            depth, keep = (int(v) for v in item.split(":"))
+            ends[f"cut {depth}, FFN {keep}"] = state.candidate(state.plans[depth].drop, keep)
+    else:
+        result, state = run_budget_search(options, model, anatomy, kind, calib, scores)
+        report["search_s"] = time.perf_counter() - start
+        report["search"] = result.to_dict(state.d_ff)
+        print(
+            f"search: {report['search_s']:.0f} s, {state.builder.builds} builds; {result.reason}", flush=True
+        )
+        for item in result.explored:
+            print(
+                f"  {item.candidate.label(state.d_ff)}: {item.candidate.params:,} params, "
+                f"held-back ppl {item.perplexity:.3f}",
+                flush=True,
+            )
+        chosen = result.chosen.candidate
+        ends = {"chosen": chosen}
+        frontier = state.frontier(chosen.params if result.budget.kind != "params" else result.budget.value)
+        if frontier:
+            ends["width only"] = frontier[0]
+            ends["depth only"] = frontier[-1]
+    print(f"held-back ppl of the original: {math.exp(state.reference_loss):.3f}", flush=True)
+    report["reference_held_back_ppl"] = math.exp(state.reference_loss)
+    _write(args, report)
     settings = EvalSettings(
         seq_len=args.seq_len,
         batch_size=args.batch_size,
@@ -81,13 +115,8 @@ def main() -> None:
     )
     texts = load_texts("default", purpose="eval")
     dense = evaluate_model(model, tokenizer, kind=kind, texts=texts, reference=model, settings=settings)
-    rows = [{"config": "original", "params": state.costs.total_params, **_pick(dense)}]
-    chosen = result.chosen.candidate
-    ends = {"chosen": chosen}
-    frontier = state.frontier(chosen.params if result.budget.kind != "params" else result.budget.value)
-    if frontier:
-        ends["width only"] = frontier[0]
-        ends["depth only"] = frontier[-1]
+    rows = report["rows"]
+    rows.append({"config": "original", "params": state.costs.total_params, **_pick(dense)})
     for name, candidate in ends.items():
         built = state.builder.build(candidate)
         held = state.builder.loss(built.model)
@@ -103,25 +132,19 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    report = {
-        "model": args.model,
-        "budget": args.budget,
-        "search_s": search_s,
-        "calib_samples": args.calib_samples,
-        "eval_samples": args.eval_samples,
-        "seq_len": args.seq_len,
-        "search": result.to_dict(state.d_ff),
-        "rows": rows,
-    }
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(report, handle, indent=2, default=str)
+        _write(args, report)
     print("\n| configuration | params | held-back ppl | eval ppl |\n|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['config']} | {row['params']:,} | {row.get('held_back_ppl', float('nan')):.3f} | "
             f"{row.get('perplexity', float('nan')):.3f} |"
         )
+
+
+def _write(args, report: dict) -> None:
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump(report, handle, indent=2, default=str)
 
 
 def _pick(metrics: dict) -> dict:

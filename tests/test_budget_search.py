@@ -250,3 +250,33 @@ def test_minilm_budget_run_end_to_end(tmp_path):
     fast = ["--calib-samples", "16", "--seq-len", "32", "--batch-size", "4", "--eval-samples", "4"]
     assert main([folder, "--budget", "params:20M", "--out", str(out), "--quiet", *fast]) == 0
     assert parameter_count(AutoModel.from_pretrained(out)) <= 20_000_000
+
+
+def test_run_pruning_with_a_budget_on_a_model_the_user_holds(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import prune
+
+    folder, text = tiny_dir
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(folder).eval(),
+        AutoTokenizer.from_pretrained(folder),
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    limit = int(parameter_count(model) * 0.8)
+    options = PruneOptions(
+        model="tiny",
+        budget=f"params:{limit}",
+        eval="none",
+        calib=text,
+        calib_samples=16,
+        seq_len=16,
+        batch_size=4,
+    )
+    result = prune.run_pruning(options, model=model, tokenizer=tokenizer, progress=False)
+    assert parameter_count(result.model) <= limit
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    # the result has its own tensors (a model the caller holds is never shared with the result)
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert not ours & {p.data_ptr() for p in result.model.parameters()}
+    assert result.report["budget"]["chosen"]["params"] == parameter_count(result.model)
