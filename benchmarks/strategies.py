@@ -14,7 +14,6 @@ has every strategy with every metric it accepts).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 STRATEGY_ORDER = (
@@ -50,41 +49,32 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from prune.anatomy import get_anatomy
-    from prune.collect import collect_stats
-    from prune.data import load_texts, make_batches
+    from prune import stages
     from prune.evaluation import EvalSettings, evaluate_model
-    from prune.loading import load_model
-    from prune.plan import STRATEGIES, plan_pruning
-    from prune.plan.search import SearchContext
+    from prune.options import PruneOptions
+    from prune.vocab import SCORE_METRICS, ModelKind
 
-    loaded = load_model(args.model)
-    model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
-    anatomy = get_anatomy(model)
-    packed = kind == "causal-lm"
-    calib = make_batches(
-        tokenizer,
-        load_texts("default", purpose="calib", seed=args.seed),
+    # The run's own stages: one load, one calibration pass with every score, then per strategy only
+    # plan -> cut -> evaluate on the same context.
+    options = PruneOptions(
+        model=args.model,
+        target=args.target,
+        calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        num_samples=args.calib_samples,
-        packed=packed,
-    )
-    eval_texts = load_texts("default", purpose="eval", seed=args.seed)
-    start = time.perf_counter()
-    stats = collect_stats(
-        model,
-        calib,
-        anatomy=anatomy,
-        metrics=("bi", "angular", "cka", "cka_io"),
-        skip_tokens=args.skip_tokens,
         seed=args.seed,
+        skip_tokens=args.skip_tokens,
+        repair="none",
     )
+    ctx = stages.calibrate(stages.load(stages.check(stages.RunContext(options))))
+    model, tokenizer, kind = ctx.original, ctx.tokenizer, ctx.loaded.kind
+    start = time.perf_counter()
+    ctx = stages.collect(ctx, metrics=SCORE_METRICS)
     collect_s = time.perf_counter() - start
-    scores = stats.scores()
 
     probe_settings = None
-    if args.probe and kind == "encoder":
+    if args.probe and kind == ModelKind.ENCODER:
         probe_settings = EvalSettings(
             probe=True,
             speed=False,
@@ -93,36 +83,28 @@ def main() -> None:
             batch_size=args.batch_size,
             seed=args.seed,
         )
-        probe_before = evaluate_model(model, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
+        probe_before = evaluate_model(
+            model, tokenizer, kind=kind, texts=ctx.checked.eval_texts, settings=probe_settings
+        )
 
     rows = []
     measured: dict[tuple[int, ...], dict] = {}  # strategies that pick the same blocks share one evaluation
     for entry in args.strategies.split(","):
         name, _, metric = entry.partition(":")
         start = time.perf_counter()
-        search = None
-        if getattr(STRATEGIES.get(name), "needs_search", False):
-            search = SearchContext(model=model, batches=calib, kind=kind, anatomy=anatomy)
-        plan = plan_pruning(
-            scores,
-            anatomy.num_blocks,
-            args.target,
-            name,
-            metric=metric or None,
-            seed=args.seed,
-            search=search,
-        )
+        plan = stages.plan(ctx, strategy=name, metric=metric or None).plan
         plan_s = time.perf_counter() - start
         if plan.drop not in measured:
-            measured[plan.drop] = _measure(
-                model, tokenizer, kind, plan.drop, anatomy, eval_texts, args, probe_settings
-            )
+            measured[plan.drop] = _measure(ctx, probe_settings)
             if probe_settings is not None:
                 measured[plan.drop]["before"].update(probe_before)
         rows.append({"strategy": entry, "drop": list(plan.drop), "plan_s": plan_s, **measured[plan.drop]})
+    anatomy = ctx.anatomy
 
     if args.json:
-        print(json.dumps({"collect_s": collect_s, "rows": rows}, indent=2))
+        from prune.jsonable import dumps_json
+
+        print(dumps_json({"collect_s": collect_s, "rows": rows}))
         return
     keys = [k for k, v in rows[0]["after"].items() if isinstance(v, (int, float))]
     print(
@@ -139,27 +121,22 @@ def main() -> None:
         print(f"| {row['strategy']} | {row['drop']} | {values} | {row['plan_s']:.1f} |")
 
 
-def _measure(model, tokenizer, kind, drop, anatomy, eval_texts, args, probe_settings) -> dict:
-    """Cut `drop` from a copy of `model` and compare it with the original (and probe it if asked)."""
-    from prune.evaluation import compare_models, evaluate_model
-    from prune.surgery import remove_blocks
+def _measure(ctx, probe_settings) -> dict:
+    """Cut the context's plan from the model and compare it with the original (and probe it if asked)."""
+    from prune import stages
+    from prune.evaluation import evaluate_model
 
-    pruned = remove_blocks(model, drop, anatomy=anatomy)
-    comparison = compare_models(
-        model,
-        pruned,
-        tokenizer,
-        kind=kind,
-        eval_texts=eval_texts,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        num_samples=args.eval_samples,
-        seed=args.seed,
-    )
+    comparison = stages.evaluate(stages.cut(ctx)).comparison
     if probe_settings is not None:
         # The original's probe accuracy is measured once by the caller, not again for every strategy.
         comparison.after.update(
-            evaluate_model(pruned, tokenizer, kind=kind, texts=eval_texts, settings=probe_settings)
+            evaluate_model(
+                ctx.pruned,
+                ctx.tokenizer,
+                kind=ctx.loaded.kind,
+                texts=ctx.checked.eval_texts,
+                settings=probe_settings,
+            )
         )
     return comparison.to_dict()
 

@@ -21,19 +21,24 @@ from typing import Any
 
 import torch
 
-from prune.errors import PruneError
-from prune.options import CKA_MINIBATCH, CKA_WINDOW
+from prune.analysis_text import analysis_summary_lines, analysis_table  # noqa: F401 (public here too)
+from prune.errors import AnalysisError
+from prune.jsonable import to_jsonable
+from prune.scores import (
+    REDUNDANT_WHEN_LOW,
+    SCORE_LABELS,
+    expected_shape,
+    off_diagonal,
+    span_distances,
+    summarise_msrs,
+)
+from prune.vocab import CKA_MINIBATCH, CKA_WINDOW, MSRS_BETA, MSRS_EPS, SCORE_METRICS, TOKEN_MODES
 
-TOKEN_MODES = ("tokens", "mean", "last")
-DEFAULT_METRICS = ("bi", "angular", "cka", "cka_io")
+DEFAULT_METRICS = SCORE_METRICS
 
-# Per-block scores, and whether a LOW value marks a redundant block (one that changes its input little).
-_REDUNDANT_WHEN_LOW = {"bi": True, "cka_io": False, "angular": True}
-_SCORE_NAMES = {"bi": "BI", "cka_io": "CKA(in,out)", "angular": "angular(l,l+1)"}
-
-
-class AnalysisError(PruneError):
-    """Scores or analysis settings are malformed."""
+# What each score means (direction, labels, shapes, spans, MSRS) is read from prune.scores.
+_REDUNDANT_WHEN_LOW = REDUNDANT_WHEN_LOW
+_SCORE_NAMES = SCORE_LABELS
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,8 @@ class Analysis:
         num_blocks: int,
         *,
         num_tokens: int = 0,
-        beta: float = 100.0,
-        eps: float = 0.8,
+        beta: float = MSRS_BETA,
+        eps: float = MSRS_EPS,
         allow_last: bool = False,
         meta: Mapping[str, Any] | None = None,
     ) -> Analysis:
@@ -129,19 +134,14 @@ class Analysis:
         _check_shapes(tensors, num_blocks)
         if "cka_io" not in tensors and "cka" in tensors:
             # CKA(input, output) of block l is the first off-diagonal of the full matrix.
-            tensors["cka_io"] = torch.diagonal(tensors["cka"], offset=1).clone()
+            tensors["cka_io"] = off_diagonal(tensors["cka"])
 
+        summary = summarise_msrs(tensors, beta=beta, eps=eps)  # None without cka or with one block
         raw = normalised = None
-        if "cka" in tensors and num_blocks >= 2:  # MSRS counts pairs of blocks: none with one block
-            from prune.metrics import msrs
+        if summary is not None:
+            raw, normalised = summary["raw"], summary["normalised"]
 
-            # RedTest's S is the CKA matrix of the block outputs h_1..h_L, without the embedding output.
-            raw, normalised = msrs(tensors["cka"][1:, 1:], beta=beta, eps=eps)
-            raw, normalised = float(raw), float(normalised)
-
-        angular_next = None
-        if "angular" in tensors:
-            angular_next = torch.diagonal(tensors["angular"], offset=1)
+        angular_next = off_diagonal(tensors["angular"]) if "angular" in tensors else None
         rows = [
             BlockRow(
                 block=block,
@@ -171,8 +171,8 @@ class Analysis:
         cls,
         stats: Any,
         *,
-        beta: float = 100.0,
-        eps: float = 0.8,
+        beta: float = MSRS_BETA,
+        eps: float = MSRS_EPS,
         allow_last: bool = False,
         meta: Mapping[str, Any] | None = None,
     ) -> Analysis:
@@ -267,8 +267,8 @@ class Analysis:
             "num_tokens": self.num_tokens,
             "allow_last": self.allow_last,
             "msrs": {
-                "raw": _finite(self.msrs),
-                "normalised": _finite(self.msrs_normalised),
+                "raw": to_jsonable(self.msrs),
+                "normalised": to_jsonable(self.msrs_normalised),
                 "beta": self.beta,
                 "eps": self.eps,
                 "pairs": self.num_blocks * (self.num_blocks - 1) // 2,
@@ -277,11 +277,11 @@ class Analysis:
                 metric: self.most_redundant(metric) for metric in _REDUNDANT_WHEN_LOW if self._has(metric)
             },
             "best_spans": [
-                {"n": s.n, "start": s.start, "blocks": list(s.blocks), "distance": _finite(s.distance)}
+                {"n": s.n, "start": s.start, "blocks": list(s.blocks), "distance": to_jsonable(s.distance)}
                 for s in self.best_spans
             ],
-            "blocks": [{k: _jsonable(v) for k, v in asdict(r).items()} for r in self.rows],
-            "scores": {name: _jsonable(value.tolist()) for name, value in self.scores.items()},
+            "blocks": [to_jsonable(asdict(r)) for r in self.rows],
+            "scores": to_jsonable(self.scores),
             "meta": self.meta,
         }
 
@@ -292,24 +292,7 @@ class Analysis:
             >>> import torch
             >>> print(Analysis.from_scores({"bi": torch.tensor([0.3, 0.1, 0.2])}, 3).to_table())  # doctest: +SKIP
         """
-        columns = ["bi", "cka_io", "angular"]
-        top = {m: (self.most_redundant(m, 1) or [None])[0] for m in columns if self._has(m)}
-        header = (
-            f"{'block':>5}  " + "  ".join(f"{_SCORE_NAMES[m]:>14}" for m in columns) + "  most redundant by"
-        )
-        lines = [header, "-" * len(header)]
-        for row in self.rows:
-            cells = []
-            for metric in columns:
-                value = getattr(row, metric)
-                text = "-" if value is None else f"{value:.4f}"
-                cells.append(f"{text + (' *' if top.get(metric) == row.block else '  '):>14}")
-            marks = ", ".join(_SCORE_NAMES[m] for m in columns if top.get(m) == row.block)
-            line = f"{row.block:>5}  " + "  ".join(cells) + (f"  <- {marks}" if marks else "")
-            lines.append(line.rstrip())
-        note = "* most redundant: lowest BI, highest CKA(in,out), lowest angular distance"
-        lines.append(note + ("" if self.allow_last else " (last block not considered)"))
-        return "\n".join(lines)
+        return analysis_table(self)
 
     def _has(self, metric: str) -> bool:
         return any(getattr(row, metric) is not None for row in self.rows)
@@ -321,8 +304,8 @@ def analyze(
     *,
     anatomy: Any = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    beta: float = 100.0,
-    eps: float = 0.8,
+    beta: float = MSRS_BETA,
+    eps: float = MSRS_EPS,
     token_mode: str = "tokens",
     skip_tokens: int = 0,
     cka_minibatch: int = CKA_MINIBATCH,
@@ -399,53 +382,18 @@ def analyze(
     return Analysis.from_stats(stats, beta=beta, eps=eps, allow_last=allow_last, meta=info)
 
 
-def analysis_summary_lines(analysis: Analysis, *, top: int = 3) -> list[str]:
-    """Human-readable lines for the CLI: MSRS, the most redundant blocks by each score, the best spans.
-
-    Args:
-        analysis: The analysis to summarise.
-        top: How many blocks to list per score.
-
-    Example:
-        >>> import torch
-        >>> a = Analysis.from_scores({"bi": torch.tensor([0.3, 0.1, 0.2])}, 3)
-        >>> analysis_summary_lines(a)[1]
-        'most redundant by BI (lowest first): 1, 0'
-    """
-    lines = []
-    pairs = analysis.num_blocks * (analysis.num_blocks - 1) // 2
-    if analysis.msrs is None:
-        lines.append("MSRS: not computed (collect the 'cka' metric)")
-    else:
-        lines.append(
-            f"MSRS (beta={analysis.beta:g}, eps={analysis.eps:g}): {analysis.msrs:.3f} raw, "
-            f"{analysis.msrs_normalised:.4f} normalised over {pairs} block pairs"
-        )
-    orders = {"bi": "lowest first", "cka_io": "highest first", "angular": "lowest first"}
-    for metric, order in orders.items():
-        if analysis._has(metric):
-            blocks = ", ".join(str(b) for b in analysis.most_redundant(metric, top))
-            lines.append(f"most redundant by {_SCORE_NAMES[metric]} ({order}): {blocks}")
-    shown = [s for s in analysis.best_spans if s.n <= max(1, analysis.num_blocks // 2)]
-    if shown:
-        lines.append("best span of n blocks to cut (smallest angular distance):")
-        lines.extend(f"  {span.describe()}" for span in shown)
-    return lines
-
-
 # --------------------------------------------------------------------------------------------------
 def _best_spans(angular: torch.Tensor, num_blocks: int, allow_last: bool) -> list[SpanChoice]:
     spans = []
     # Cutting the last block is excluded by default: the span may end at block L-2 at the latest.
     last_end = num_blocks if allow_last else num_blocks - 1
     for n in range(1, last_end + 1):
-        starts = range(0, last_end - n + 1)
-        distances = torch.stack([angular[start, start + n] for start in starts])
-        finite = torch.isfinite(distances)
-        if not bool(finite.any()):
+        distances = span_distances(angular, num_blocks, n, allow_last)
+        finite = {start: d for start, d in distances.items() if math.isfinite(d)}
+        if not finite:
             continue
-        best = int(torch.where(finite, distances, torch.inf).argmin())
-        spans.append(SpanChoice(n=n, start=starts[best], distance=float(distances[best])))
+        best = min(finite, key=lambda start: (finite[start], start))
+        spans.append(SpanChoice(n=n, start=best, distance=finite[best]))
     return spans
 
 
@@ -457,16 +405,11 @@ def _check_msrs_params(beta: float, eps: float) -> None:
 
 
 def _check_shapes(tensors: Mapping[str, torch.Tensor], num_blocks: int) -> None:
-    expected = {
-        "bi": (num_blocks,),
-        "cka_io": (num_blocks,),
-        "angular": (num_blocks + 1, num_blocks + 1),
-        "cka": (num_blocks + 1, num_blocks + 1),
-    }
-    for name, shape in expected.items():
-        if name in tensors and tuple(tensors[name].shape) != shape:
+    for name, value in tensors.items():
+        shape = expected_shape(name, num_blocks)
+        if shape is not None and tuple(value.shape) != shape:
             raise AnalysisError(
-                f"score {name!r} has shape {tuple(tensors[name].shape)} but a model with {num_blocks} blocks "
+                f"score {name!r} has shape {tuple(value.shape)} but a model with {num_blocks} blocks "
                 f"needs {shape}; pass scores from the same model"
             )
 
@@ -480,16 +423,6 @@ def _as_float64(name: str, value: Any) -> torch.Tensor:
 
 def _item(values: torch.Tensor | None, index: int) -> float | None:
     return None if values is None else float(values[index])
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return _finite(value) if isinstance(value, float) else value
 
 
 def _nan_for_none(value: Any) -> Any:

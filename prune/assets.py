@@ -35,13 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from prune.errors import DataError, ModelNotFoundError, PruneError
+from prune.errors import AssetError, DataError, ModelNotFoundError, PruneError
 
 FIX = "run `make assets` (or python -m prune.assets)"
-
-
-class AssetError(PruneError):
-    """An offline asset cannot be downloaded (no network, no PyPI, a package gone)."""
 
 
 @dataclass(frozen=True)

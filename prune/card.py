@@ -15,12 +15,14 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from prune.vocab import ModelKind
+
 __all__ = ["PIPELINE_TAGS", "build_model_card", "read_license"]
 
 BASE_TAGS = ("prune-llm", "layer-pruning", "pruned")
 # model kind (prune.loading.ModelKind) -> Hub pipeline tag of the saved checkpoint
-PIPELINE_TAGS = {"causal-lm": "text-generation", "encoder": "feature-extraction"}
-_AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM"}
+PIPELINE_TAGS = {ModelKind.CAUSAL_LM: "text-generation", ModelKind.ENCODER: "feature-extraction"}
+_AUTO_CLASS = {ModelKind.CAUSAL_LM: "AutoModelForCausalLM"}
 
 
 def read_license(source: str | Path | None) -> str | None:
@@ -117,7 +119,7 @@ def build_model_card(
             _evaluation(report.get("evaluation") or {}),
             _size(model),
             _usage(kind, repo_id),
-            _reproduce(command, report.get("prune_llm_version")),
+            _reproduce(command, report.get("prune_llm_version"), report.get("recipe")),
         )
         if part
     )
@@ -280,9 +282,15 @@ def _usage(kind: str | None, repo_id: str | None) -> str:
     )
 
 
-def _reproduce(command: str, version: str | None) -> str:
+def _reproduce(command: str, version: str | None, recipe: str | None = None) -> str:
     installed = f"prune-llm {version}" if version else "prune-llm"
-    return f"## Reproduce\n\nWith {installed} installed (`pip install prune-llm`):\n\n```bash\n{command}\n```"
+    text = f"## Reproduce\n\nWith {installed} installed (`pip install prune-llm`):\n\n```bash\n{command}\n```"
+    if recipe:
+        # the recipe beside the weights holds every resolved option, defaults included
+        text += (
+            f"\n\nor, from the files of this repo: `prune-llm run {recipe} --out DIR` (the resolved options)."
+        )
+    return text
 
 
 def _is_number(value: Any) -> bool:

@@ -53,3 +53,35 @@ class NumericalError(PruneError):
 
 class OutputError(PruneError):
     """The output cannot be written (read-only disk, no permission, a mount point, no space)."""
+
+
+class AnalysisError(PruneError):
+    """Scores or analysis settings are malformed."""
+
+
+class AssetError(PruneError):
+    """An offline asset cannot be downloaded (no network, no PyPI, a package gone)."""
+
+
+class CollectError(PruneError):
+    """Statistics cannot be collected or resumed with the given options."""
+
+
+class MissingExtraError(PruneError):
+    """An optional dependency needed for the requested feature is not installed."""
+
+
+class MetricNotFoundError(PruneError):
+    """A metric is neither shipped with prune-llm nor reachable on the Hub."""
+
+
+class GGUFExportError(PruneError):
+    """A model folder cannot be exported to GGUF (converter missing, family unsupported, bad outtype)."""
+
+
+class PlanError(PruneError):
+    """A plan cannot be made: unknown strategy or metric, missing scores, or a missing search context."""
+
+
+class RepairError(PruneError):
+    """A cut cannot be repaired as asked (unknown method, unknown residual placement, bad option)."""

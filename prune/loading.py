@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from prune.assets import FIX as ASSETS_FIX
 from prune.errors import DataError, ModelNotFoundError, PruneError
@@ -27,29 +27,27 @@ from prune.sources import (  # noqa: F401
     offline_aliases,
     resolve_model_source,
 )
+from prune.vocab import DEVICE_MAPS, ModelKind  # noqa: F401 (importable from here)
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-ModelKind = Literal["causal-lm", "encoder", "other"]
 logger = logging.getLogger(__name__)
 
-# accelerate's placements for a model spread over several devices (`device_map=`).
-DEVICE_MAPS = ("auto", "balanced", "sequential")
 
 # Architecture-name suffix -> (Auto class, kind). Order matters: the first matching suffix wins.
 _HEADS: tuple[tuple[str, str, ModelKind], ...] = (
-    ("ForCausalLM", "AutoModelForCausalLM", "causal-lm"),
-    ("LMHeadModel", "AutoModelForCausalLM", "causal-lm"),
-    ("ForSequenceClassification", "AutoModelForSequenceClassification", "encoder"),
-    ("ForTokenClassification", "AutoModelForTokenClassification", "encoder"),
-    ("ForQuestionAnswering", "AutoModelForQuestionAnswering", "encoder"),
-    ("ForMaskedLM", "AutoModelForMaskedLM", "encoder"),
-    ("ForMultipleChoice", "AutoModelForMultipleChoice", "encoder"),
-    ("ForNextSentencePrediction", "AutoModelForNextSentencePrediction", "encoder"),
-    ("ForPreTraining", "AutoModelForPreTraining", "encoder"),
-    ("ForConditionalGeneration", "AutoModelForSeq2SeqLM", "other"),
+    ("ForCausalLM", "AutoModelForCausalLM", ModelKind.CAUSAL_LM),
+    ("LMHeadModel", "AutoModelForCausalLM", ModelKind.CAUSAL_LM),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification", ModelKind.ENCODER),
+    ("ForTokenClassification", "AutoModelForTokenClassification", ModelKind.ENCODER),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering", ModelKind.ENCODER),
+    ("ForMaskedLM", "AutoModelForMaskedLM", ModelKind.ENCODER),
+    ("ForMultipleChoice", "AutoModelForMultipleChoice", ModelKind.ENCODER),
+    ("ForNextSentencePrediction", "AutoModelForNextSentencePrediction", ModelKind.ENCODER),
+    ("ForPreTraining", "AutoModelForPreTraining", ModelKind.ENCODER),
+    ("ForConditionalGeneration", "AutoModelForSeq2SeqLM", ModelKind.OTHER),
 )
 
 _DTYPES = {
@@ -92,12 +90,12 @@ def _auto_class(config: Any) -> tuple[str, ModelKind]:
     )
 
     if getattr(config, "is_encoder_decoder", False):
-        return "AutoModelForSeq2SeqLM", "other"
+        return "AutoModelForSeq2SeqLM", ModelKind.OTHER
     causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     for arch in getattr(config, "architectures", None) or ():
         # Multimodal LMs such as Gemma 3 are registered as causal LMs under a ...ForConditionalGeneration name.
         if arch in causal_classes:
-            return "AutoModelForCausalLM", "causal-lm"
+            return "AutoModelForCausalLM", ModelKind.CAUSAL_LM
         for suffix, auto_name, kind in _HEADS:
             if arch.endswith(suffix):
                 return auto_name, kind
@@ -107,8 +105,8 @@ def _auto_class(config: Any) -> tuple[str, ModelKind]:
         model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
         and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
     ):
-        return "AutoModelForCausalLM", "causal-lm"
-    return "AutoModel", "encoder"
+        return "AutoModelForCausalLM", ModelKind.CAUSAL_LM
+    return "AutoModel", ModelKind.ENCODER
 
 
 def model_kind(model: Any) -> ModelKind:
@@ -117,20 +115,20 @@ def model_kind(model: Any) -> ModelKind:
     Example:
         >>> from transformers import BertConfig, BertModel
         >>> model_kind(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        ...                                 intermediate_size=37)))
-        'encoder'
+        ...                                 intermediate_size=37))) == ModelKind.ENCODER
+        True
     """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
-        return "other"
+        return ModelKind.OTHER
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     name = type(model).__name__
     if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) or name.endswith(
         ("ForCausalLM", "LMHeadModel")
     ):
-        return "causal-lm"
-    return "encoder"
+        return ModelKind.CAUSAL_LM
+    return ModelKind.ENCODER
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -235,8 +233,11 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelNotFoundError:
             else ""
         )
         fix = fix or "use a local folder or an alias with an offline copy"
+        from prune.network import offline_variable
+
+        switch = f"set {offline_variable() or 'HF_HUB_OFFLINE'}=0 or "
         return ModelNotFoundError(
-            f"cannot load {source.location} from the Hub: you are offline; set HF_HUB_OFFLINE=0 or {fix}"
+            f"cannot load {source.location} from the Hub: you are offline; {switch}{fix}"
         )
     return ModelNotFoundError(
         f"cannot load {source.location} from the Hub ({first}); check the id, run `hf auth login` for gated "

@@ -2,7 +2,7 @@
 
 Without it, a machine with no network waits ~26 s in huggingface_hub's retries (and prints every retry
 warning) before a Hub id or a Hub dataset fails. `hub_unreachable` says so at once: True when the user set
-``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE`` for data), else the result of one TCP connection to the
+``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` (or ``HF_DATASETS_OFFLINE`` for data), else the result of one TCP connection to the
 Hub's host with a short timeout, cached for the process. Behind a proxy (``HTTPS_PROXY``) the direct
 probe means nothing, so the Hub is assumed reachable and huggingface_hub decides.
 """
@@ -15,18 +15,32 @@ import socket
 from urllib.parse import urlparse
 
 _TRUE = ("1", "true", "yes", "on")
+# What huggingface_hub and transformers honour for models; datasets also honours its own variable.
+MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+DATA_OFFLINE_VARIABLES = (*MODEL_OFFLINE_VARIABLES, "HF_DATASETS_OFFLINE")
 PROBE_TIMEOUT_S = 2.0
 
 
+def offline_variable(*, datasets: bool = False) -> str | None:
+    """The environment variable that turns the Hub off, if one is set: the one offline check of the
+    package (models read `MODEL_OFFLINE_VARIABLES`, data also ``HF_DATASETS_OFFLINE``).
+
+    Example:
+        >>> offline_variable() in (None, *DATA_OFFLINE_VARIABLES)
+        True
+    """
+    names = DATA_OFFLINE_VARIABLES if datasets else MODEL_OFFLINE_VARIABLES
+    return next((name for name in names if os.environ.get(name, "").strip().lower() in _TRUE), None)
+
+
 def offline_by_env(*, datasets: bool = False) -> bool:
-    """True when the environment says to stay offline (``HF_HUB_OFFLINE``, and for data ``HF_DATASETS_OFFLINE``).
+    """True when the environment says to stay offline (see `offline_variable`).
 
     Example:
         >>> isinstance(offline_by_env(), bool)
         True
     """
-    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
+    return offline_variable(datasets=datasets) is not None
 
 
 def _hub_host() -> tuple[str, int]:
@@ -61,8 +75,8 @@ def hub_unreachable(*, datasets: bool = False) -> bool:
 
 def offline_reason(*, datasets: bool = False) -> str:
     """Why the Hub is not used, in words, for error messages."""
-    if offline_by_env(datasets=datasets):
-        name = "HF_HUB_OFFLINE" if offline_by_env() else "HF_DATASETS_OFFLINE"
+    name = offline_variable(datasets=datasets)
+    if name is not None:
         return f"you are offline ({name} is set; set {name}=0 to use the Hub)"
     host, _ = _hub_host()
     return f"this machine is offline ({host} cannot be reached)"

@@ -1,104 +1,96 @@
-"""The options of a pruning run, declared once.
+"""The options of a pruning run, declared once, in one group per stage.
 
-`PruneOptions` is the single source of truth for what a run can be told: recipes (YAML) are validated
-into it, the CLI generates its flags from it, and the Python pipeline takes it. Every field carries its
-help text where it is declared, so a recipe key and its flag cannot drift apart.
+Each group (`ModelOptions`, `DataOptions`, `CollectOptions`, `ScoreOptions`, `PlanOptions`,
+`RepairOptions`, `WidthOptions`, `EvalOptions`, `OutputOptions`, `HubOptions`) holds the knobs of one
+stage of `prune.stages`; a stage reads only its group. `PruneOptions` composes them all, so a recipe
+stays one flat mapping (``target: 8-layers``, ``seq_len: 512``) and ``opts.strategy`` works as before;
+`prune-llm analyze` composes the groups it needs (`AnalyzeOptions`). The CLI generates its flags from
+these models (`prune.cli.flags`), so a recipe key and its flag cannot drift apart: adding a knob is one
+field in one group, read by its stage.
 
 This module must stay light to import (no torch): the CLI builds `--help` from it.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from prune.vocab import (
+    CKA_MINIBATCH,
+    CKA_WINDOW,
+    MSRS_BETA,
+    MSRS_EPS,
+    DeviceMapName,
+    DtypeName,
+    SearchObjective,
+    TokenMode,
+)
+
+__all__ = [
+    "CKA_MINIBATCH",
+    "CKA_WINDOW",
+    "OPTION_GROUPS",
+    "AnalyzeOptions",
+    "BudgetOptions",
+    "CollectOptions",
+    "DataOptions",
+    "EvalCommandOptions",
+    "EvalOptions",
+    "HubOptions",
+    "MeasureOptions",
+    "ModelOptions",
+    "OutputOptions",
+    "PlanOptions",
+    "PruneOptions",
+    "RepairOptions",
+    "ScoreOptions",
+    "WidthOptions",
+]
 
 # The width methods of `prune.width.methods.FFN_METHODS` (checked equal by a test; a Literal gives the
 # CLI its choices without importing torch).
 FfnMethodName = Literal["squeeze", "squeeze-forward", "textbook", "pivot", "magnitude", "wanda", "flap"]
 
-# Tokens per CKA minibatch and per shuffle window; the collector's defaults too (chosen by measurement,
-# benchmarks/README.md "CKA minibatches").
-CKA_MINIBATCH = 256
-CKA_WINDOW = 8192
+
+_G = TypeVar("_G", bound=BaseModel)
 
 
-class PruneOptions(BaseModel):
-    """Everything a pruning run needs to know. Unknown keys are errors.
-
-    Example:
-        >>> opts = PruneOptions(model="minilm-l6", target="4-layers")
-        >>> opts.strategy
-        'span'
-    """
+class _Group(BaseModel):
+    """One stage's options: frozen, and unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class ModelOptions(_Group):
+    """Which model, and how it is loaded."""
+
     model: str = Field(
-        description="Model to prune: a Hugging Face Hub id, an alias (`prune-llm models` lists them), "
+        description="Model: a Hugging Face Hub id, an alias (`prune-llm models` lists them), "
         "a local folder, or a .gguf file."
     )
-    target: str | None = Field(
+    block_path: str | None = Field(
+        default=None, description="Dotted path of the block list (e.g. 'model.layers') for custom models."
+    )
+    device: str = Field(default="auto", description="Device: auto, cpu, cuda, cuda:N, mps.")
+    device_map: DeviceMapName | None = Field(
         default=None,
-        description="How many blocks to keep or drop: 'N-layers' keeps N, 'drop-N' removes N, "
-        "'P%' removes P percent of the blocks. Needed unless --ffn-keep is given (width only).",
+        description="Spread a model too big for one GPU over all GPUs (accelerate's device_map); "
+        "overrides --device.",
     )
-    strategy: str = Field(
-        default="span",
-        description="How blocks are chosen: span (contiguous blocks with the smallest angular distance), "
-        "topk (independent blocks with the lowest score), span-repair (the closest spans refitted: the one with the lowest error after linear repair), cka (RedTest: the blocks whose output is most "
-        "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
-        "last, random.",
+    dtype: DtypeName = Field(
+        default="auto", description="Dtype of the forward passes (statistics are always summed in float64)."
     )
-    metric: str | None = Field(
-        default=None,
-        description="Score the strategy ranks by: bi, angular or cka for topk and iterative; angular or cka "
-        "for span's distance; default: the strategy's own.",
+    trust_remote_code: bool = Field(
+        default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
     )
-    allow_last: bool = Field(
-        default=False, description="Allow removing the last block (it is usually the most important)."
-    )
-    repair: str = Field(
-        default="linear",
-        description="Training-free repair of the cut, folded into the kept weights (no new parameters): linear "
-        "(least squares, ReplaceMe: a full d x d map for pre-norm decoders, per-channel affine for post-norm "
-        "encoders, per-channel scale for Gemma), scale (Prune&Comp: one magnitude-ratio scalar), none (plain cut).",
-    )
-    repair_order: Literal["sequential", "one-pass"] = Field(
-        default="sequential",
-        description="With several cut spans: fit each on the model with the earlier spans already cut and "
-        "repaired (sequential, one calibration pass per span), or all on the original (one-pass).",
-    )
-    repair_objective: Literal["mse", "relative"] = Field(
-        default="mse",
-        description="What the repair fit minimises: mse (squared error of the hidden states, ReplaceMe) or "
-        "relative (each token's error relative to its norm).",
-    )
-    ffn_keep: float | str | None = Field(
-        default=None,
-        description="Squeeze every FFN after the depth cut: the fraction of intermediate neurons each block "
-        "keeps (e.g. 0.75), or 'auto:E' for the fewest neurons with which every block keeps a fraction E of "
-        "its activation energy (e.g. auto:0.99). Every block keeps the same count (one config value).",
-    )
-    ffn_method: FfnMethodName = Field(
-        default="squeeze",
-        description="How FFN neurons are chosen and compensated: squeeze (output-aware selection + "
-        "least-squares fold into the down projection), squeeze-forward (greedy forward variant), textbook "
-        "(pivoted Cholesky of the activations + least squares, Ozen & Orailoglu), pivot (squeeze's selection, "
-        "no compensation), magnitude, wanda, flap (baselines).",
-    )
-    ffn_ridge: float = Field(
-        default=1e-3,
-        gt=0,
-        description="Damping of the FFN least-squares fits, relative to the mean neuron energy.",
-    )
-    ffn_block_group: int | None = Field(
-        default=None,
-        ge=1,
-        description="Blocks whose FFN statistics are collected in one calibration pass (a d_ff x d_ff float64 "
-        "Gram each: 19 MB for d_ff 1536, 969 MB for 11008); default: as many as fit in 2 GiB. Later groups "
-        "are measured on the model with the earlier groups already squeezed.",
-    )
+
+
+class DataOptions(_Group):
+    """Calibration text and how it is cut into batches."""
+
     calib: str = Field(
         default="default",
         description="Calibration data: 'default' (offline news text when fetched, else WikiText-2 from the "
@@ -107,6 +99,16 @@ class PruneOptions(BaseModel):
     calib_samples: int = Field(default=128, ge=1, description="Number of calibration sequences.")
     seq_len: int = Field(default=256, ge=8, description="Tokens per calibration/evaluation sequence.")
     batch_size: int = Field(default=8, ge=1, description="Sequences per forward pass.")
+    text_column: str | None = Field(
+        default=None,
+        description="Column holding the text in the data (default: 'text' or the only string column).",
+    )
+    seed: int = Field(default=0, description="Seed for data shuffling and the random strategy.")
+
+
+class CollectOptions(_Group):
+    """How the statistics are collected over the calibration batches."""
+
     max_tokens: int | None = Field(
         default=None, ge=1, description="Stop collecting statistics after this many (non-padding) tokens."
     )
@@ -130,10 +132,142 @@ class PruneOptions(BaseModel):
         "multiple of --cka-minibatch). It should span many sequences (16+): raise it for long sequences; the "
         "collector buffers this many tokens of every hidden state.",
     )
-    text_column: str | None = Field(
-        default=None,
-        description="Column holding the text in the data (default: 'text' or the only string column).",
+    token_mode: TokenMode = Field(
+        default="tokens",
+        description="Compare hidden states of every token (tokens), their mean over each sequence (mean), or "
+        "the last token (last).",
     )
+    ffn_block_group: int | None = Field(
+        default=None,
+        ge=1,
+        description="Blocks whose FFN statistics are collected in one calibration pass (a d_ff x d_ff float64 "
+        "Gram each: 19 MB for d_ff 1536, 969 MB for 11008); default: as many as fit in 2 GiB. Later groups "
+        "are measured on the model with the earlier groups already squeezed.",
+    )
+
+
+class ScoreOptions(_Group):
+    """How the scores are read: MSRS parameters and whether the last block is a candidate."""
+
+    allow_last: bool = Field(
+        default=False,
+        description="Allow removing the last block (it is usually the most important); in an analysis, let "
+        "the best spans and rankings include it.",
+    )
+    beta: float = Field(default=MSRS_BETA, description="MSRS sharpness beta (RedTest: 100).")
+    eps: float = Field(default=MSRS_EPS, description="MSRS CKA threshold eps (RedTest: 0.8).")
+
+    # Checked here rather than as flag bounds, so a bad value gets the message that names RedTest's value.
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"beta must be a positive number, got {value!r}; RedTest uses --beta 100")
+        return value
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, value: float) -> float:
+        if not -1.0 <= value <= 1.0:
+            raise ValueError(
+                f"eps must be a CKA value between -1 and 1, got {value!r}; RedTest uses --eps 0.8"
+            )
+        return value
+
+
+class PlanOptions(_Group):
+    """Which blocks are removed."""
+
+    target: str | None = Field(
+        default=None,
+        description="How many blocks to keep or drop: 'N-layers' keeps N, 'drop-N' removes N, "
+        "'P%' removes P percent of the blocks. Needed unless --ffn-keep is given (width only).",
+    )
+    strategy: str = Field(
+        default="span",
+        description="How blocks are chosen: span (contiguous blocks with the smallest angular distance), "
+        "topk (independent blocks with the lowest score), span-repair (the closest spans refitted: the one with the lowest error after linear repair), cka (RedTest: the blocks whose output is most "
+        "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
+        "last, random.",
+    )
+    metric: str | None = Field(
+        default=None,
+        description="Score the strategy ranks by: bi, angular or cka for topk and iterative; angular or cka "
+        "for span's distance; default: the strategy's own.",
+    )
+    search_objective: SearchObjective | None = Field(
+        default=None,
+        description="What the iterative strategy scores candidates on: loss (calibration loss, causal LMs), kl "
+        "(KL from the original, causal LMs) or cosine (final hidden state, any model); default: loss for "
+        "causal LMs, cosine for encoders.",
+    )
+    search_candidates: int = Field(
+        default=4,
+        ge=1,
+        description="Iterative strategy: how many of the most redundant remaining blocks are evaluated per step.",
+    )
+
+
+class RepairOptions(_Group):
+    """Training-free repair of the cut."""
+
+    repair: str = Field(
+        default="linear",
+        description="Training-free repair of the cut, folded into the kept weights (no new parameters): linear "
+        "(least squares, ReplaceMe: a full d x d map for pre-norm decoders, per-channel affine for post-norm "
+        "encoders, per-channel scale for Gemma), scale (Prune&Comp: one magnitude-ratio scalar), none (plain cut).",
+    )
+    repair_order: Literal["sequential", "one-pass"] = Field(
+        default="sequential",
+        description="With several cut spans: fit each on the model with the earlier spans already cut and "
+        "repaired (sequential, one calibration pass per span), or all on the original (one-pass).",
+    )
+    repair_objective: Literal["mse", "relative"] = Field(
+        default="mse",
+        description="What the repair fit minimises: mse (squared error of the hidden states, ReplaceMe) or "
+        "relative (each token's error relative to its norm).",
+    )
+
+
+class WidthOptions(_Group):
+    """FFN width squeezing after the cut."""
+
+    ffn_keep: float | str | None = Field(
+        default=None,
+        description="Squeeze every FFN after the depth cut: the fraction of intermediate neurons each block "
+        "keeps (e.g. 0.75), or 'auto:E' for the fewest neurons with which every block keeps a fraction E of "
+        "its activation energy (e.g. auto:0.99). Every block keeps the same count (one config value).",
+    )
+    ffn_method: FfnMethodName = Field(
+        default="squeeze",
+        description="How FFN neurons are chosen and compensated: squeeze (output-aware selection + "
+        "least-squares fold into the down projection), squeeze-forward (greedy forward variant), textbook "
+        "(pivoted Cholesky of the activations + least squares, Ozen & Orailoglu), pivot (squeeze's selection, "
+        "no compensation), magnitude, wanda, flap (baselines).",
+    )
+    ffn_ridge: float = Field(
+        default=1e-3,
+        gt=0,
+        description="Damping of the FFN least-squares fits, relative to the mean neuron energy.",
+    )
+
+    @field_validator("ffn_keep")
+    @classmethod
+    def _ffn_keep(cls, value: float | str | None) -> float | str | None:
+        if value is not None:
+            from prune.errors import TargetError
+            from prune.width.budget import parse_ffn_keep
+
+            try:
+                parse_ffn_keep(value)
+            except TargetError as err:  # pydantic reports ValueErrors as validation errors
+                raise ValueError(str(err)) from None
+        return value
+
+
+class EvalOptions(_Group):
+    """Before/after evaluation on held-out text."""
+
     eval: str = Field(
         default="default",
         description="Held-out data for before/after evaluation (same forms as --calib), or 'none' to skip.",
@@ -144,9 +278,11 @@ class PruneOptions(BaseModel):
         description="Encoders: also train a logistic-regression probe on labelled sentences (Pang & Lee offline, "
         "SST-2 online) on each model's embeddings and report accuracy before/after (minutes on CPU).",
     )
-    block_path: str | None = Field(
-        default=None, description="Dotted path of the block list (e.g. 'model.layers') for custom models."
-    )
+
+
+class OutputOptions(_Group):
+    """Where the pruned model is written."""
+
     out: str | None = Field(
         default=None, description="Folder to save the pruned model, tokenizer and report in."
     )
@@ -156,26 +292,11 @@ class PruneOptions(BaseModel):
         description="Also export the pruned model to GGUF for llama.cpp / Ollama with this tensor type, as "
         "<out>.<type>.gguf beside --out (needs pip install 'prune-llm[gguf]').",
     )
-    push_to_hub: str | None = Field(
-        default=None, description="Push the pruned model with a generated model card to this Hub repo."
-    )
-    private: bool = Field(default=False, description="Create the Hub repo as private.")
-    revision: str | None = Field(default=None, description="Branch of the Hub repo to push to.")
-    device: str = Field(default="auto", description="Device: auto, cpu, cuda, cuda:N, mps.")
-    device_map: Literal["auto", "balanced", "sequential"] | None = Field(
-        default=None,
-        description="Spread a model too big for one GPU over all GPUs (accelerate's device_map); "
-        "overrides --device.",
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Dtype of the forward passes (statistics are always summed in float64)."
-    )
-    seed: int = Field(default=0, description="Seed for data shuffling and the random strategy.")
-    trust_remote_code: bool = Field(
-        default=False, description="Allow models whose code lives on the Hub (only for models you trust)."
-    )
 
-    # -- pruning to a budget (prune.budget, #15) --
+
+class BudgetOptions(_Group):
+    """Pruning to a budget (`prune.budget`, #15): depth and FFN width chosen together."""
+
     budget: str | None = Field(
         default=None,
         description="Prune to a budget instead of a block count: the tool chooses how many blocks to cut (with "
@@ -199,6 +320,47 @@ class PruneOptions(BaseModel):
                 raise ValueError(str(err)) from None
         return value
 
+
+class HubOptions(_Group):
+    """Publishing to the Hugging Face Hub."""
+
+    push_to_hub: str | None = Field(
+        default=None, description="Push the pruned model with a generated model card to this Hub repo."
+    )
+    private: bool = Field(default=False, description="Create the Hub repo as private.")
+    revision: str | None = Field(default=None, description="Branch of the Hub repo to push to.")
+
+
+# Pydantic collects the fields of the bases from the last one to the first: this order gives the
+# flags in --help (and the keys of a saved recipe) the order of the run: model, plan, repair, width,
+# data, collection, scores, evaluation, output, hub.
+class PruneOptions(
+    HubOptions,
+    OutputOptions,
+    EvalOptions,
+    ScoreOptions,
+    CollectOptions,
+    DataOptions,
+    BudgetOptions,
+    WidthOptions,
+    RepairOptions,
+    PlanOptions,
+    ModelOptions,
+):
+    """Everything a pruning run needs to know: all the groups, flat. Unknown keys are errors.
+
+    Example:
+        >>> opts = PruneOptions(model="minilm-l6", target="4-layers")
+        >>> opts.strategy, opts.group(DataOptions).seq_len
+        ('span', 256)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def group(self, group: type[_G]) -> _G:
+        """This run's values of one group (a stage's own view of the options)."""
+        return group.model_validate({name: getattr(self, name) for name in group.model_fields})
+
     @model_validator(mode="after")
     def _budget_alone(self) -> PruneOptions:
         if self.budget is not None and (self.target is not None or self.ffn_keep is not None):
@@ -211,19 +373,6 @@ class PruneOptions(BaseModel):
             )
         return self
 
-    @field_validator("ffn_keep")
-    @classmethod
-    def _ffn_keep(cls, value: float | str | None) -> float | str | None:
-        if value is not None:
-            from prune.errors import TargetError
-            from prune.width.budget import parse_ffn_keep
-
-            try:
-                parse_ffn_keep(value)
-            except TargetError as err:  # pydantic reports ValueErrors as validation errors
-                raise ValueError(str(err)) from None
-        return value
-
     @model_validator(mode="after")
     def _something_to_do(self) -> PruneOptions:
         if self.target is None and self.ffn_keep is None and self.budget is None:
@@ -232,3 +381,77 @@ class PruneOptions(BaseModel):
                 "(FFN width to keep, e.g. 0.75), or --budget (e.g. params:100M)"
             )
         return self
+
+
+class AnalyzeOptions(ScoreOptions, CollectOptions, DataOptions, ModelOptions):
+    """What `prune-llm analyze` is told: the model, the data, the collection and how scores are read.
+
+    Example:
+        >>> AnalyzeOptions(model="minilm-l6").beta
+        100.0
+    """
+
+
+class MeasureOptions(_Group):
+    """What `prune-llm eval` measures, and on what (the knobs of `prune.evaluation.EvalSettings`)."""
+
+    data: str = Field(
+        default="default",
+        description="Held-out data: 'default' (offline news text when fetched, else WikiText-2 from the Hub), "
+        "a local .txt/.csv/.json/.jsonl file or folder, or a Hub dataset 'name[:config][:split]'.",
+    )
+    samples: int = Field(default=64, ge=1, description="Windows or texts evaluated.")
+    stride: int | None = Field(
+        default=None,
+        ge=1,
+        description="Perplexity window stride; below --seq-len only the new tokens of each window count "
+        "(default: --seq-len, non-overlapping windows).",
+    )
+    speed: bool = Field(default=True, description="Measure latency, throughput and memory.")
+    repeats: int = Field(default=5, ge=1, description="Timed passes, median reported.")
+    generation: bool = Field(default=True, description="Measure greedy-generation agreement (causal LMs).")
+    new_tokens: int = Field(default=32, ge=1, description="Greedy tokens per prompt.")
+    prompts: int = Field(default=8, ge=1, description="Prompts for greedy agreement.")
+    probe: bool = Field(
+        default=False,
+        description="Classification accuracy of encoders: their head, or a logistic probe on frozen embeddings "
+        "(minutes on a CPU).",
+    )
+    probe_data: str = Field(
+        default="default",
+        description="Labelled data for the probe: 'default' (offline Pang & Lee sentences, else GLUE SST-2 from "
+        "the Hub), a .csv/.json/.jsonl file with text and label columns, or a Hub 'name[:config][:split]'.",
+    )
+    probe_train: int = Field(default=2000, ge=1, description="Probe training sentences.")
+    probe_test: int = Field(default=1000, ge=1, description="Probe test sentences.")
+    lm_eval: str | None = Field(
+        default=None,
+        description="Also run lm-evaluation-harness tasks, comma-separated (needs `pip install prune-llm[lm-eval]`).",
+    )
+    lm_eval_limit: int | None = Field(default=None, ge=1, description="Examples per lm-eval task.")
+
+
+class EvalCommandOptions(MeasureOptions, DataOptions, ModelOptions):
+    """What `prune-llm eval` is told: the model and how it loads, the sequence settings, what to measure.
+
+    Example:
+        >>> EvalCommandOptions(model="minilm-l6").samples
+        64
+    """
+
+
+# Every group, for code that walks them (flag sections, the saved recipe).
+OPTION_GROUPS: tuple[type[BaseModel], ...] = (
+    ModelOptions,
+    PlanOptions,
+    RepairOptions,
+    WidthOptions,
+    BudgetOptions,
+    DataOptions,
+    CollectOptions,
+    ScoreOptions,
+    EvalOptions,
+    OutputOptions,
+    HubOptions,
+    MeasureOptions,
+)

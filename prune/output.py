@@ -41,6 +41,7 @@ _OWN_PATTERNS = (
     "*.jinja",
     "chat_template*",
     "prune_report.*",
+    "prune_recipe.yaml",
     "analysis.*",
     "*.png",
     "README.md",

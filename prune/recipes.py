@@ -21,7 +21,6 @@ not listed.
 from __future__ import annotations
 
 import importlib.resources
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,12 +47,6 @@ __all__ = [
 RECIPE_KEYS = ("include", "description")
 _SHIPPED_PACKAGE = "prune._recipes"
 _SUFFIXES = (".yaml", ".yml")
-
-# Same grammar as prune.plan.targets (which needs the model's block count); only the form is checked here.
-_TARGET = re.compile(
-    r"^\s*(?:\d+-(?:layers?|blocks?)|drop-\d+|(?:\d+(?:\.\d*)?|\.\d+)\s*%)\s*$", re.IGNORECASE
-)
-_TARGET_FORMS = "'N-layers' (keep N), 'drop-N' (remove N) or 'P%' (remove P percent)"
 
 
 class RecipeInfo(NamedTuple):
@@ -235,18 +228,16 @@ def check_target_format(target: Any, where: str = "target") -> None:
         ...
         prune.errors.RecipeError: target: '8' is ambiguous; write '8-layers' to keep 8 blocks or 'drop-8' to remove 8
     """
-    text = str(target).strip()
+    from prune.errors import TargetError
+    from prune.targets import FORMS, check_target_form
+
     if isinstance(target, bool) or not isinstance(target, (str, int)):
-        raise RecipeError(f"{where}: {target!r} is not a target; write it as {_TARGET_FORMS}")
-    if re.fullmatch(r"\d+", text):
-        raise RecipeError(
-            f"{where}: {text!r} is ambiguous; write '{text}-layers' to keep {text} blocks or 'drop-{text}' to remove {text}"
-        )
-    if not isinstance(target, str) or not _TARGET.match(text):
-        raise RecipeError(f"{where}: cannot read target {target!r}; write it as {_TARGET_FORMS}")
-    percent = re.fullmatch(r"(.+?)\s*%", text)
-    if percent and not 0 < float(percent.group(1)) < 100:
-        raise RecipeError(f"{where}: target {text!r} is out of range; write P% with 0 < P < 100")
+        raise RecipeError(f"{where}: {target!r} is not a target; write it as {FORMS}")
+    try:
+        # the grammar of prune.targets; an unquoted YAML number is read as the text the user typed
+        check_target_form(str(target))
+    except TargetError as err:
+        raise RecipeError(f"{where}: {str(err).removeprefix('target ')}") from None
 
 
 def _validate(values: dict[str, Any], origin: dict[str, Path | str], path: Path) -> PruneOptions:

@@ -6,59 +6,20 @@ same dict for people (``prune_report.md``). The model card of a Hub push is buil
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from prune.jsonable import dumps_json, to_jsonable
+from prune.sizes import parameter_bytes, parameter_count  # noqa: F401 (the report's counters)
 
 REPORT_JSON = "prune_report.json"
 REPORT_MD = "prune_report.md"
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once).
-
-    Example:
-        >>> parameter_count(torch.nn.Linear(3, 2))
-        8
-    """
-    seen: set[int] = set()
-    total = 0
-    for param in model.parameters():  # parameters() already de-duplicates shared tensors
-        if id(param) not in seen:
-            seen.add(id(param))
-            total += param.numel()
-    return total
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """Bytes held by the distinct parameters and buffers: the size of the weights in memory."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def folder_bytes(folder: str | Path) -> int:
     """Total size of the weight files (``*.safetensors``, ``*.bin``) in a saved model folder."""
     folder = Path(folder)
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
-
-
-def _jsonable(value: Any) -> Any:
-    """Tensors and numpy values to plain lists and floats; non-finite floats to None (valid JSON)."""
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _jsonable(value.item())
-    return value
 
 
 def build_report(
@@ -95,7 +56,7 @@ def build_report(
     }
     if extra:
         report.update(extra)
-    return _jsonable(report)
+    return to_jsonable(report)
 
 
 def _fmt(value: Any) -> str:
@@ -267,6 +228,6 @@ def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path
     """Write ``prune_report.json`` and ``prune_report.md`` into `folder`; returns both paths."""
     folder = Path(folder)
     json_path, md_path = folder / REPORT_JSON, folder / REPORT_MD
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    json_path.write_text(dumps_json(report) + "\n")
     md_path.write_text(report_markdown(report))
     return json_path, md_path

@@ -146,7 +146,7 @@ class MlpAnatomy:
         Raises:
             AnatomyError: a declared module is missing from the block.
         """
-        from prune.anatomy.spec import resolve_attr
+        from prune.anatomy.attrs import resolve_attr
 
         def get(path: str | None) -> nn.Module | None:
             if path is None:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from prune.anatomy.attrs import resolve_attr
 from prune.anatomy.mlp import MlpAnatomy, MlpSpec
 from prune.errors import AnatomyError
 
@@ -104,18 +105,6 @@ def load_families() -> dict[str, tuple[str, FamilySpec]]:
                 )
             index[model_type] = (family, spec)
     return index
-
-
-def resolve_attr(root: Any, dotted: str) -> Any:
-    """``root.a.b.c`` for ``dotted == "a.b.c"``; ``root`` itself for ``""``. Raises AttributeError."""
-    obj = root
-    for part in filter(None, dotted.split(".")):
-        obj = (
-            obj[int(part)]
-            if part.isdigit() and isinstance(obj, (nn.ModuleList, nn.Sequential))
-            else getattr(obj, part)
-        )
-    return obj
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
-from prune.cli.flags import positive_int, value_parser
-from prune.options import PruneOptions
+from prune.cli.flags import add_option_flags, options_from_args
+from prune.options import AnalyzeOptions
 
 PLOTS = ("cka_heatmap.png", "block_scores.png", "ffn_neurons_needed.png")
 
@@ -26,47 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num_processes N -m prune.cli analyze MODEL ...` gives each process its share of the batches "
         "and reduces the sums.",
     )
-    fields = PruneOptions.model_fields
-
-    def option(flag: str, name: str, help: str | None = None, **kwargs) -> None:
-        # Help text and defaults come from PruneOptions so that these flags and the prune flags agree.
-        kwargs.setdefault("default", fields[name].default)
-        text = help or fields[name].description
-        if kwargs["default"] is not None and kwargs["default"] is not False:
-            text += f" (default: {kwargs['default']})"
-        parser.add_argument(flag, dest=name, help=text, **kwargs)
-
-    parser.add_argument(
-        "model", help="Model to analyse: " + fields["model"].description.split(":", 1)[1].strip()
-    )
-    option("--calib", "calib", metavar="DATA")
-    option("--calib-samples", "calib_samples", type=positive_int, metavar="N")
-    option("--seq-len", "seq_len", type=positive_int, metavar="N")
-    option("--batch-size", "batch_size", type=positive_int, metavar="N")
-    option("--max-tokens", "max_tokens", type=positive_int, metavar="N")
-    option(
-        "--skip-tokens", "skip_tokens", type=value_parser("skip_tokens", fields["skip_tokens"]), metavar="N"
-    )
-    for flag, name in (("--cka-minibatch", "cka_minibatch"), ("--cka-window", "cka_window")):
-        option(flag, name, type=value_parser(name, fields[name]), metavar="N")
-    option("--text-column", "text_column", metavar="NAME")
-    option("--block-path", "block_path", metavar="PATH")
-    option("--device", "device")
-    option("--device-map", "device_map", choices=["auto", "balanced", "sequential"])
-    option("--dtype", "dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    option("--seed", "seed", type=int, help="Seed for data shuffling.")
-    option(
-        "--allow-last",
-        "allow_last",
-        action="store_true",
-        help="Let the best spans and rankings include the last block (usually the most important).",
-    )
-    option("--trust-remote-code", "trust_remote_code", action="store_true")
-    parser.add_argument(
-        "--token-mode",
-        choices=["tokens", "mean", "last"],
-        default="tokens",
-        help="Compare hidden states of every token (default), their mean over each sequence, or the last token.",
+    # The analysis options are groups of prune.options (model, data, collection, scores): the flags,
+    # their help and their defaults are the prune command's, generated the same way.
+    add_option_flags(
+        parser, AnalyzeOptions, overrides_only=False, with_defaults=True, title="analysis options"
     )
     parser.add_argument(
         "--state",
@@ -74,8 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Save the running sums to FILE as they grow; a rerun with the same FILE and data resumes "
         "where an interrupted run stopped.",
     )
-    parser.add_argument("--beta", type=float, default=100.0, help="MSRS sharpness beta (RedTest: 100).")
-    parser.add_argument("--eps", type=float, default=0.8, help="MSRS CKA threshold eps (RedTest: 0.8).")
     parser.add_argument(
         "--out", metavar="DIR", help="Folder for the results (default: analysis/<model-name>)."
     )
@@ -89,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="Skip the FFN neurons-needed table (one more calibration pass, and a d_ff x d_ff Gram per block).",
     )
-    option("--ffn-block-group", "ffn_block_group", type=positive_int, metavar="N")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.set_defaults(func=run)
 
@@ -104,69 +63,57 @@ def default_out_dir(model: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse a model from parsed flags; print the table (or JSON) and write the files."""
-    from prune.analysis import AnalysisError, analysis_summary_lines, analyze
+    from prune.analysis import analysis_summary_lines, analyze
+    from prune.jsonable import dumps_json
     from prune.output import atomic_output_dir, check_output_dir
 
+    options = options_from_args(args, AnalyzeOptions)
     if args.out is not None and not args.out.strip():
         from prune.errors import OutputError
 
         raise OutputError("--out is empty; pass the folder for the results (--out DIR) or leave it out")
-    out = Path(args.out) if args.out else default_out_dir(args.model)
+    out = Path(args.out) if args.out else default_out_dir(options.model)
     # Everything that can be checked cheaply fails before the model is loaded: the output folder, the
     # flags, the model's config (block count, positions), and the calibration text.
     check_output_dir(out, force=args.force)
-    if not (args.beta > 0) or not (-1.0 <= args.eps <= 1.0):
-        raise AnalysisError(f"need --beta > 0 and -1 <= --eps <= 1, got {args.beta} and {args.eps}")
 
-    from prune.anatomy import get_anatomy
-    from prune.data import load_texts, make_batches
-    from prune.loading import load_model, resolve_model_source
+    from prune import stages
+    from prune.data import load_texts
+    from prune.loading import resolve_model_source
     from prune.model_config import read_model_facts
-    from prune.preflight import check_counted_tokens, check_sequence_options
+    from prune.preflight import Checked, check_counted_tokens, check_sequence_options
 
-    source = resolve_model_source(args.model)
+    source = resolve_model_source(options.model)
     if source.kind != "hub":
         from prune.preflight import check_out_apart_from_input
 
         given = Path(source.location) / source.gguf_file if source.gguf_file else Path(source.location)
         check_out_apart_from_input(out, given)
-    facts = read_model_facts(source, trust_remote_code=args.trust_remote_code)
-    check_sequence_options(args.seq_len, args.skip_tokens, facts.max_positions)
-    texts = load_texts(args.calib, purpose="calib", text_column=args.text_column, seed=args.seed)
+    facts = read_model_facts(source, trust_remote_code=options.trust_remote_code)
+    check_sequence_options(options.seq_len, options.skip_tokens, facts.max_positions)
+    texts = load_texts(options.calib, purpose="calib", text_column=options.text_column, seed=options.seed)
 
-    accelerator = _distributed_accelerator(args.device)
-    device = str(accelerator.device) if accelerator is not None else args.device
-    loaded = load_model(
-        source,
-        device=device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        device_map=args.device_map,
-        progress=not args.quiet,
+    accelerator = _distributed_accelerator(options.device)
+    ctx = stages.RunContext(options, progress=not args.quiet)
+    ctx.checked = Checked(out=out, source=source, num_blocks=None, calib_texts=texts, eval_texts=None)
+    ctx = stages.calibrate(
+        stages.load(ctx, device=str(accelerator.device) if accelerator is not None else None)
     )
-    anatomy = get_anatomy(loaded.model, args.block_path)
-    batches = make_batches(
-        loaded.require_tokenizer(),
-        texts,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        num_samples=args.calib_samples,
-        packed=loaded.kind == "causal-lm",
-    )
+    loaded, anatomy, batches = ctx.loaded, ctx.anatomy, ctx.calib_batches
     meta = {
-        "model": args.model,
+        "model": options.model,
         "model_class": type(loaded.model).__name__,
         "kind": loaded.kind,
         "block_path": anatomy.block_path,
-        "calib": args.calib,
-        "calib_samples": args.calib_samples,
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "max_tokens": args.max_tokens,
-        "skip_tokens": args.skip_tokens,
-        "cka_minibatch": args.cka_minibatch,
-        "cka_window": args.cka_window,
-        "seed": args.seed,
+        "calib": options.calib,
+        "calib_samples": options.calib_samples,
+        "seq_len": options.seq_len,
+        "batch_size": options.batch_size,
+        "max_tokens": options.max_tokens,
+        "skip_tokens": options.skip_tokens,
+        "cka_minibatch": options.cka_minibatch,
+        "cka_window": options.cka_window,
+        "seed": options.seed,
     }
     if accelerator is not None:
         # Each process takes every N-th batch; the sums are reduced over processes by the collector.
@@ -176,21 +123,21 @@ def run(args: argparse.Namespace) -> int:
         loaded.model,
         batches,
         anatomy=anatomy,
-        beta=args.beta,
-        eps=args.eps,
-        token_mode=args.token_mode,
-        skip_tokens=args.skip_tokens,
-        cka_minibatch=args.cka_minibatch,
-        cka_window=args.cka_window,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
+        beta=options.beta,
+        eps=options.eps,
+        token_mode=options.token_mode,
+        skip_tokens=options.skip_tokens,
+        cka_minibatch=options.cka_minibatch,
+        cka_window=options.cka_window,
+        seed=options.seed,
+        max_tokens=options.max_tokens,
         accelerator=accelerator,
         state_path=args.state,
         progress=not args.quiet,
-        allow_last=args.allow_last,
+        allow_last=options.allow_last,
         meta=meta,
     )
-    check_counted_tokens(analysis.num_tokens, args.skip_tokens)
+    check_counted_tokens(analysis.num_tokens, options.skip_tokens)
     needed = None
     if not args.no_neurons and anatomy.mlp is not None:
         from prune.width.energy import neurons_needed
@@ -199,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
             loaded.model,
             batches,
             anatomy=anatomy,
-            block_group=args.ffn_block_group,
-            max_tokens=args.max_tokens,
-            skip_tokens=args.skip_tokens,
+            block_group=options.ffn_block_group,
+            max_tokens=options.max_tokens,
+            skip_tokens=options.skip_tokens,
             accelerator=accelerator,
             progress=not args.quiet,
         )
@@ -215,12 +162,12 @@ def run(args: argparse.Namespace) -> int:
 
     with atomic_output_dir(out, force=args.force) as folder:
         folder = Path(folder)
-        (folder / "analysis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        (folder / "analysis.json").write_text(dumps_json(data) + "\n")
         (folder / "analysis.txt").write_text(text + "\n")
-        plots = "" if args.no_plots else _write_plots(analysis, folder, args.model, needed)
+        plots = "" if args.no_plots else _write_plots(analysis, folder, options.model, needed)
 
     if args.json:
-        print(json.dumps(data, indent=2, allow_nan=False))
+        print(dumps_json(data))
     else:
         mode = {
             "tokens": "",
@@ -228,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             "last": ", compared at the last token",
         }
         print(
-            f"{args.model}: {analysis.num_blocks} blocks, {analysis.num_tokens} tokens{mode[args.token_mode]}"
+            f"{options.model}: {analysis.num_blocks} blocks, {analysis.num_tokens} tokens{mode[options.token_mode]}"
         )
         print(text)
     print(f"wrote {out}{plots}", file=sys.stderr)

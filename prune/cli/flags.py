@@ -55,6 +55,8 @@ def add_option_flags(
     overrides_only: bool,
     positional: Sequence[str] | None = None,
     skip: Sequence[str] = (),
+    with_defaults: bool = False,
+    title: str | None = None,
 ) -> None:
     """Add one flag per field of `model` to `parser`.
 
@@ -67,6 +69,10 @@ def add_option_flags(
         positional: fields given as positional arguments when ``overrides_only`` is False
             (default: ``("model",)`` when the model has that field).
         skip: fields not to expose as flags.
+        with_defaults: parsed values carry the fields' defaults instead of None (for commands that
+            take no recipe, such as ``analyze``: then every field is in the namespace). Help texts and
+            numeric bounds are the same either way.
+        title: the heading of the flags in --help (default: says they are recipe keys).
 
     Example:
         >>> p = argparse.ArgumentParser()
@@ -76,15 +82,17 @@ def add_option_flags(
     """
     if positional is None:
         positional = ("model",) if not overrides_only and "model" in model.model_fields else ()
-    group = parser.add_argument_group(
+    title = (
         "options (each is also a recipe key)"
         if overrides_only
         else "pruning options (each is also a recipe key)"
     )
+    sections = _sections(parser, model, title)
     dests: list[str] = []
     for name, field in model.model_fields.items():
         if name in skip:
             continue
+        group = sections[name]
         help_text = field.description or ""
         required = field.is_required() and not overrides_only
         if overrides_only:
@@ -97,10 +105,12 @@ def add_option_flags(
             group.add_argument(name, metavar=name.upper(), type=value_parser(name, field), help=help_text)
             dests.append(name)
             continue
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        default = field.get_default() if with_defaults and not field.is_required() else None
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": help_text}
         if annotation is bool:
-            # default-True switches need a way to turn them off
-            kwargs["action"] = argparse.BooleanOptionalAction if field.get_default() is True else "store_true"
+            # default-True switches need a way to turn them off; commands without recipes get both forms
+            both = field.get_default() is True or with_defaults
+            kwargs["action"] = argparse.BooleanOptionalAction if both else "store_true"
         else:
             kwargs["type"] = value_parser(name, field)
             kwargs["metavar"] = name.upper()
@@ -111,6 +121,21 @@ def add_option_flags(
         group.add_argument(field_flag(name), **kwargs)
         dests.append(name)
     parser.set_defaults(**{_FLAG_DESTS_ATTR: tuple(dests)})
+
+
+def _sections(parser: argparse.ArgumentParser, model: type[BaseModel], title: str) -> dict[str, Any]:
+    """One argument group per option group of `prune.options` that `model` composes (one for all when
+    it composes none), by field name: --help lists the flags stage by stage."""
+    from prune.options import OPTION_GROUPS
+
+    groups = [g for g in OPTION_GROUPS if issubclass(model, g)] or [model]
+    sections: dict[str, Any] = {}
+    for group in groups:
+        doc = (group.__doc__ or "").strip().splitlines()[0] if len(groups) > 1 else ""
+        section = parser.add_argument_group(f"{title}: {doc.rstrip('.').lower()}" if doc else title)
+        for name in group.model_fields:
+            sections.setdefault(name, section)
+    return {name: sections.get(name, sections[next(iter(sections))]) for name in model.model_fields}
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,13 +151,17 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in dests if getattr(args, name, None) is not None}
 
 
-def options_from_args(args: argparse.Namespace, model: type[BaseModel] = PruneOptions) -> Any:
+def options_from_args(
+    args: argparse.Namespace, model: type[BaseModel] = PruneOptions, *, extra: dict[str, Any] | None = None
+) -> Any:
     """Validate the typed flags into `model` (an instance of it: a `PruneOptions` by default).
+
+    `extra` adds values of fields the command declares itself (a positional with its own help).
 
     Raises:
         PruneError: a value the parser could not check on its own is invalid (the message names the flag).
     """
-    values = overrides_from_args(args)
+    values = {**overrides_from_args(args), **(extra or {})}
     try:
         return model.model_validate(values)
     except ValidationError as err:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -34,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     command = "prune-llm " + shlex.join(getattr(args, "argv", []) or [])
     result = run_pruning(options, command=command, progress=not args.quiet)
     if args.json:
-        print(json.dumps(result.report, indent=2))
+        from prune.jsonable import dumps_json
+
+        print(dumps_json(result.report))
     else:
         print_summary(result)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 
 from prune.cli.flags import add_option_flags, field_flag, overrides_from_args
@@ -29,12 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the recipe with the overrides and run it (or print it with --show)."""
+    from prune.jsonable import dumps_json
     from prune.recipes import load_recipe
 
     overrides = overrides_from_args(args)
     options = load_recipe(args.recipe, overrides, check_names=True)
     if args.show:
-        print(json.dumps(options.model_dump(), indent=2))
+        print(dumps_json(options.model_dump()))
         return 0
 
     from prune.cli.prune_cmd import print_summary, with_default_out
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     command = "prune-llm " + shlex.join(getattr(args, "argv", None) or _argv(args.recipe, overrides))
     result = run_pruning(options, command=command, progress=not args.quiet)
     if args.json:
-        print(json.dumps(result.report, indent=2))
+        print(dumps_json(result.report))
     else:
         print_summary(result)
     return 0

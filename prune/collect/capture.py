@@ -40,6 +40,7 @@ from prune.collect.collector import _input_device
 from prune.collect.stats import CollectError, atomic_torch_save, read_state
 from prune.errors import AnatomyError
 from prune.forward import forward_accepts
+from prune.sizes import parameter_count
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ def collect_site_sums(
     world = accelerator.num_processes if accelerator is not None else 1
     budget = None if max_tokens is None else max_tokens // world + (1 if rank < max_tokens % world else 0)
     fingerprint = {
-        "model": f"{type(model).__name__}|{sum(p.numel() for p in model.parameters())}|{len(blocks)}",
+        "model": f"{type(model).__name__}|{parameter_count(model)}|{len(blocks)}",
         "sites": {name: [s.block, s.module, s.io] for name, s in sorted(sites.items())},
         "sums": {s.name: list(s.sites) for s in sums},
         "max_tokens": max_tokens,

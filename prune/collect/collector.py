@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +24,9 @@ from prune.errors import AnatomyError
 from prune.finite import check_finite_states
 from prune.forward import forward_accepts
 from prune.metrics import METRICS, SUMS, Samples, sums_for
-from prune.metrics.base import GROUP_SUMS, MIN_GROUP, TOKEN_MODES
-from prune.options import CKA_MINIBATCH, CKA_WINDOW
-
-TokenMode = Literal["tokens", "mean", "last"]
+from prune.metrics.base import GROUP_SUMS, MIN_GROUP
+from prune.sizes import parameter_count
+from prune.vocab import CKA_MINIBATCH, CKA_WINDOW, TOKEN_MODES, TokenMode
 
 
 class _StopForward(Exception):
@@ -116,7 +115,7 @@ def _input_device(model: nn.Module) -> torch.device:
 def _fingerprint(model: nn.Module, num_blocks: int) -> str:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") if config is not None else ""
-    params = sum(p.numel() for p in model.parameters())
+    params = parameter_count(model)
     return f"{type(model).__name__}|{name}|{params}|{num_blocks}"
 
 

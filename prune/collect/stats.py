@@ -15,14 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prune.errors import PruneError
+from prune.errors import CollectError
 from prune.metrics import METRICS
 
 FORMAT_VERSION = 1
-
-
-class CollectError(PruneError):
-    """Statistics cannot be collected or resumed with the given options."""
 
 
 @dataclass

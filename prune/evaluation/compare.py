@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from prune.errors import DataError
 from prune.evaluation import fidelity, generation, perplexity, probe, speed
 from prune.evaluation.results import Comparison, Evaluation
-
-ModelKind = Literal["causal-lm", "encoder", "other"]
+from prune.vocab import ModelKind
 
 
 @dataclass(frozen=True)
@@ -90,17 +89,18 @@ def _stated_protocol(module: Any) -> str:
 def _prepare(
     tokenizer: Any, kind: str, texts: Sequence[str] | None, batches: list | None, s: EvalSettings
 ) -> _Data:
-    if kind not in ("causal-lm", "encoder", "other"):
-        raise DataError(f"unknown model kind {kind!r}; use 'causal-lm', 'encoder' or 'other'")
+    if kind not in tuple(ModelKind):
+        choices = ", ".join(repr(k.value) for k in ModelKind)
+        raise DataError(f"unknown model kind {kind!r}; use one of: {choices}")
     protocol: dict[str, Any] = {"kind": kind, "seq_len": s.seq_len, "batch_size": s.batch_size}
     data = _Data(batches=[], protocol=protocol)
-    if kind == "other":
+    if kind == ModelKind.OTHER:
         return data
     if texts is None and batches is None:
         raise DataError(
             "evaluation needs texts or batches; pass eval_texts (e.g. from prune.data.load_texts)"
         )
-    if kind == "causal-lm":
+    if kind == ModelKind.CAUSAL_LM:
         if texts is not None:
             data.stream = perplexity.encode_stream(tokenizer, texts)
             data.batches = perplexity.make_windows(
@@ -218,7 +218,7 @@ def _evaluate(
     ref: dict[str, float] | None = {} if reference is not None else None
     passes: dict[str, list | None] = {"model": None, "reference": None}
     name = "pruned model" if reference is not None else "model"
-    if kind == "causal-lm":
+    if kind == ModelKind.CAUSAL_LM:
         what = "perplexity and KL, both models" if reference is not None else "perplexity"
         scores = perplexity.score_tokens(
             model, _bar(data.batches, f"evaluating {what}", s), reference=reference
@@ -241,7 +241,7 @@ def _evaluate(
                     )
                 out.update(generation.agreement(runs["original"], runs["pruned"]))
                 ref.update({"token_agreement": 1.0, "exact_match": 1.0})
-    elif kind == "encoder":
+    elif kind == ModelKind.ENCODER:
         if ref is not None:
             emb = fidelity.mean_pooled_embeddings(model, _bar(data.batches, "embeddings: pruned", s))
             original = fidelity.mean_pooled_embeddings(
@@ -274,7 +274,7 @@ def _protocol(data: _Data, s: EvalSettings, model: torch.nn.Module, relative: bo
     protocol = dict(data.protocol)
     protocol["device"] = str(next(model.parameters()).device)
     protocol["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    if relative and data.protocol["kind"] == "causal-lm":
+    if relative and data.protocol["kind"] == ModelKind.CAUSAL_LM:
         protocol["kl_divergence"] = (
             "mean over the scored tokens of KL(original || model) of the next-token distributions "
             "(float32 log-softmax), nats; 0 for the original by definition"
@@ -284,14 +284,14 @@ def _protocol(data: _Data, s: EvalSettings, model: torch.nn.Module, relative: bo
                 f" Here {s.num_prompts} prompts x {s.prompt_len} tokens, {s.new_tokens} new tokens; "
                 "1.0 for the original by definition."
             )
-    if relative and data.protocol["kind"] == "encoder":
+    if relative and data.protocol["kind"] == ModelKind.ENCODER:
         protocol["fidelity"] = _stated_protocol(fidelity)
     protocol["size"] = (
         "parameters: unique parameter elements; size_mb: bytes of the unique state-dict tensors / 2**20 (safetensors payload, header excluded)"
     )
     if s.speed:
         full = sum(tuple(b["input_ids"].shape) == (s.batch_size, s.seq_len) for b in data.batches)
-        reused = data.protocol["kind"] == "causal-lm" and full - s.warmup >= max(1, s.repeats)
+        reused = data.protocol["kind"] == ModelKind.CAUSAL_LM and full - s.warmup >= max(1, s.repeats)
         timing = (
             f"the forward passes of the perplexity evaluation ({s.batch_size} x {s.seq_len} tokens, no KV "
             f"cache, {'both models interleaved batch by batch, ' if relative else ''}timed as they run): "

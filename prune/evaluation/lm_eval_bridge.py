@@ -10,11 +10,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from prune.errors import PruneError
-
-
-class MissingExtraError(PruneError):
-    """An optional dependency needed for the requested feature is not installed."""
+from prune.errors import MissingExtraError
 
 
 def require_lm_eval() -> tuple[Any, Any]:

@@ -10,16 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prune.errors import PruneError
+from prune.errors import MetricNotFoundError
 
 if TYPE_CHECKING:
     import evaluate
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-
-
-class MetricNotFoundError(PruneError):
-    """A metric is neither shipped with prune-llm nor reachable on the Hub."""
 
 
 def shipped_metrics() -> list[str]:

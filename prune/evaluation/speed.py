@@ -31,46 +31,7 @@ import torch
 
 from prune.errors import DataError
 from prune.forward import forward_accepts
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameter elements, each shared (tied) tensor counted once.
-
-    Example:
-        >>> count_parameters(torch.nn.Linear(3, 2))
-        8
-    """
-    return sum(p.numel() for p in model.parameters())
-
-
-def state_dict_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the unique tensors in the state dict (the payload of a safetensors checkpoint).
-
-    Tensors sharing storage (tied embeddings) are counted once.
-
-    Example:
-        >>> state_dict_bytes(torch.nn.Linear(3, 2))
-        32
-    """
-    seen: set[tuple[Any, int, int]] = set()
-    total = 0
-    for tensor in model.state_dict().values():
-        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
-        total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def size_metrics(model: torch.nn.Module) -> dict[str, float]:
-    """``parameters`` and ``size_mb`` (state-dict bytes / 2**20) of a model.
-
-    Example:
-        >>> size_metrics(torch.nn.Linear(3, 2))["parameters"]
-        8
-    """
-    return {"parameters": count_parameters(model), "size_mb": state_dict_bytes(model) / 2**20}
+from prune.sizes import parameter_count, size_metrics, state_dict_bytes  # noqa: F401 (kept importable here)
 
 
 def _dummy_inputs(model: torch.nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:

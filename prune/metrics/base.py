@@ -20,13 +20,11 @@ import torch
 from torch import Tensor
 
 from prune.registry import Registry
+from prune.vocab import TOKEN_MODES  # noqa: F401 (importable from here)
 
 # Samples per chunk when computing per-sample cosine matrices: bounds the float32 temporaries.
 _COSINE_CHUNK = 256
 MIN_GROUP = 4  # the unbiased HSIC estimator divides by n (n - 3)
-
-
-TOKEN_MODES = ("tokens", "mean", "last")
 
 
 @dataclass

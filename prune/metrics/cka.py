@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from prune.metrics.base import MIN_GROUP, SUMS, Metric, RunningSum, Samples, check_count, register_metric
+from prune.vocab import MSRS_BETA, MSRS_EPS
 
 
 def u_centre(gram: Tensor) -> Tensor:
@@ -141,7 +142,7 @@ register_metric(
 )
 
 
-def msrs(similarity: Tensor, beta: float = 100.0, eps: float = 0.8) -> tuple[float, float]:
+def msrs(similarity: Tensor, beta: float = MSRS_BETA, eps: float = MSRS_EPS) -> tuple[float, float]:
     """Model Structural Redundancy Score: sum over i<j of (1 + tanh(beta (S_ij - eps))) / 2.
 
     Args:

@@ -13,13 +13,15 @@ Example:
 
 from __future__ import annotations
 
+from prune.errors import PlanError
+
 # Each strategy registers itself when its module is imported.
 from prune.plan import repaired_span as _repaired_span
 from prune.plan import search as _search
 from prune.plan import strategies as _strategies
-from prune.plan.base import STRATEGIES, Plan, PlanError, Selection, Strategy
+from prune.plan.base import STRATEGIES, Plan, Selection, SelectRequest, Strategy
 from prune.plan.planner import get_strategy, plan_pruning, required_metrics
-from prune.plan.search import SearchContext
+from prune.plan.search_context import SearchContext
 from prune.plan.targets import check_target_form, parse_target
 
 del _repaired_span, _search, _strategies
@@ -29,6 +31,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "SearchContext",
+    "SelectRequest",
     "Selection",
     "Strategy",
     "check_target_form",

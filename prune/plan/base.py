@@ -1,7 +1,8 @@
 """What every strategy shares: the plan it produces, its interface, and the registry it joins.
 
-A strategy is an object with a name, the metrics it can rank by, and a `select` method that turns
-scores into a `Selection` (which blocks, why, and the numbers behind it). Each strategy registers
+A strategy is an object with a name, the metrics it can rank by, and a `select` method that turns one
+`SelectRequest` (scores, block count, how many to drop, metric, ...) into a `Selection` (which blocks,
+why, and the numbers behind it). Each strategy registers
 itself in `STRATEGIES` from the module that defines it; parameterised variants (``topk`` and ``cka``)
 are instances of one class with different parameters, not subclasses.
 """
@@ -12,17 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prune.errors import PruneError
+from prune.errors import PlanError
 from prune.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from prune.plan.search import SearchContext
-
-
-class PlanError(PruneError):
-    """A plan cannot be made: unknown strategy or metric, missing scores, or a missing search context."""
+    from prune.plan.search_context import SearchContext
 
 
 @dataclass(frozen=True)
@@ -94,6 +91,35 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class SelectRequest:
+    """What a strategy is asked to choose: `num_drop` of `num_blocks` blocks, from `scores`.
+
+    Attributes:
+        scores: the collector's scores by metric name (``LayerStats.scores()``).
+        num_blocks: how many blocks the model has (L).
+        num_drop: how many to remove (the target, already parsed).
+        metric: the score to rank by, already resolved by `Strategy.resolve_metric` (None: none used).
+        allow_last: whether the last block may be removed.
+        seed: seed of the strategies that draw at random.
+        search: the model and batches of strategies that evaluate candidates (`Strategy.needs_search`).
+
+    Example:
+        >>> import torch
+        >>> request = SelectRequest({"bi": torch.tensor([0.3, 0.1, 0.2])}, 3, 1, metric="bi")
+        >>> STRATEGIES.get("topk").select(request).drop
+        (1,)
+    """
+
+    scores: Mapping[str, Tensor]
+    num_blocks: int
+    num_drop: int
+    metric: str | None = None
+    allow_last: bool = False
+    seed: int = 0
+    search: SearchContext | None = None
+
+
+@dataclass(frozen=True)
 class Selection:
     """What a strategy returns: the blocks, a one-sentence reason and JSON-able details."""
 
@@ -111,7 +137,8 @@ class Strategy:
         description: one line for help texts.
         metrics: the metric names it accepts (empty: it uses none).
         default_metric: the metric used when none is given.
-        needs_search: whether it evaluates the model on data (then `select` needs a `SearchContext`).
+        needs_search: whether it evaluates the model on data (then its request needs a `SearchContext`);
+            ask the strategy (``get_strategy(name).needs_search``), never probe for the attribute.
     """
 
     name: str
@@ -139,18 +166,8 @@ class Strategy:
         resolved = self.resolve_metric(metric)
         return get_ranking(resolved).needs if resolved is not None else ()
 
-    def select(
-        self,
-        scores: Mapping[str, Tensor],
-        num_blocks: int,
-        num_drop: int,
-        *,
-        metric: str | None,
-        allow_last: bool,
-        seed: int,
-        search: SearchContext | None,
-    ) -> Selection:
-        """Choose `num_drop` of `num_blocks` blocks (`metric` is already resolved)."""
+    def select(self, request: SelectRequest) -> Selection:
+        """Choose ``request.num_drop`` of ``request.num_blocks`` blocks (its metric is already resolved)."""
         raise NotImplementedError
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from prune.plan.base import STRATEGIES, Plan, PlanError, Strategy
+from prune.errors import PlanError
+from prune.plan.base import STRATEGIES, Plan, SelectRequest, Strategy
 from prune.plan.targets import parse_target
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from prune.plan.search import SearchContext
+    from prune.plan.search_context import SearchContext
 
 # Other spellings users reach for; "cka_io" is the collector's name of the per-block CKA score.
 _METRIC_ALIASES = {"cka_io": "cka"}
@@ -102,9 +103,8 @@ def plan_pruning(
             f"strategy {chosen.name!r} evaluates the model on calibration data; pass "
             "search=prune.plan.SearchContext(model, batches, kind=...), or pick a score-based strategy (span, topk)"
         )
-    selection = chosen.select(
-        scores, num_blocks, num_drop, metric=resolved, allow_last=allow_last, seed=seed, search=search
-    )
+    request = SelectRequest(scores, num_blocks, num_drop, resolved, allow_last, seed, search)
+    selection = chosen.select(request)
     if len(set(selection.drop)) != num_drop:  # a strategy bug, not bad input
         raise AssertionError(f"strategy {chosen.name!r} chose {list(selection.drop)} for {num_drop} blocks")
     return Plan(

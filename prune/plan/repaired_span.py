@@ -12,18 +12,13 @@ can hold the map.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from prune.plan.base import PlanError, Selection, Strategy, describe_blocks, last_note, register
+from prune.errors import PlanError
+from prune.plan.base import Selection, SelectRequest, Strategy, describe_blocks, last_note, register
 from prune.plan.scoring import get_ranking, rounded
-from prune.plan.strategies import span_distances
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from prune.plan.search import SearchContext
+from prune.scores import span_distances
 
 
 @dataclass(frozen=True)
@@ -43,17 +38,9 @@ class RepairedSpanStrategy(Strategy):
     def required_metrics(self, metric: str | None) -> tuple[str, ...]:
         return get_ranking(self.resolve_metric(metric) or "angular").span_needs
 
-    def select(
-        self,
-        scores: Mapping[str, Tensor],
-        num_blocks: int,
-        num_drop: int,
-        *,
-        metric: str | None,
-        allow_last: bool,
-        seed: int,
-        search: SearchContext | None,
-    ) -> Selection:
+    def select(self, request: SelectRequest) -> Selection:
+        scores, num_blocks, num_drop = request.scores, request.num_blocks, request.num_drop
+        metric, allow_last, search = request.metric, request.allow_last, request.search
         if search is None:
             raise PlanError(
                 f"strategy {self.name!r} fits the repair of candidate spans on calibration data; pass "

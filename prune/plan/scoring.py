@@ -1,6 +1,7 @@
 """Scores as the strategies read them: one convention, lower = more removable.
 
-The collector's metrics come in different directions (BI and angular distance are low for redundant
+What each raw score is (shape, direction, spans) is `prune.scores`; this module turns it into the
+planner's one convention. The collector's metrics come in different directions (BI and angular distance are low for redundant
 blocks, CKA is high), so each metric a strategy can rank by is a `Ranking` that turns the collector's
 scores into a per-block vector and, where the metric is pairwise, a per-span matrix, both with lower
 meaning "safer to remove". ``cka`` is therefore ``1 - CKA``.
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prune.plan.base import PlanError
+from prune.errors import PlanError
 from prune.registry import Registry
+from prune.scores import expected_shape, off_diagonal
 
 
 def _need(scores: Mapping[str, Tensor], key: str, num_blocks: int, *, pairwise: bool, why: str) -> Tensor:
@@ -28,7 +30,7 @@ def _need(scores: Mapping[str, Tensor], key: str, num_blocks: int, *, pairwise: 
             "collect with metrics=prune.plan.required_metrics(strategy, metric)"
         )
     value = torch.as_tensor(scores[key]).detach().to("cpu", torch.float64)
-    shape = (num_blocks + 1, num_blocks + 1) if pairwise else (num_blocks,)
+    shape = expected_shape("cka" if pairwise else "bi", num_blocks)
     if tuple(value.shape) != shape:
         raise PlanError(
             f"the {key!r} scores have shape {list(value.shape)} but a model with {num_blocks} blocks needs "
@@ -80,7 +82,7 @@ def _angular_matrix(scores: Mapping[str, Tensor], num_blocks: int) -> Tensor:
 
 
 def _angular_vector(scores: Mapping[str, Tensor], num_blocks: int) -> Tensor:
-    return torch.diagonal(_angular_matrix(scores, num_blocks), offset=1).clone()
+    return off_diagonal(_angular_matrix(scores, num_blocks))
 
 
 def _cka_matrix(scores: Mapping[str, Tensor], num_blocks: int) -> Tensor:
@@ -90,7 +92,7 @@ def _cka_matrix(scores: Mapping[str, Tensor], num_blocks: int) -> Tensor:
 def _cka_vector(scores: Mapping[str, Tensor], num_blocks: int) -> Tensor:
     # cka_io is the cheap per-block form; the full matrix holds the same numbers on its first off-diagonal.
     if "cka_io" not in scores and "cka" in scores:
-        return torch.diagonal(_cka_matrix(scores, num_blocks), offset=1).clone()
+        return off_diagonal(_cka_matrix(scores, num_blocks))
     return 1.0 - _need(scores, "cka_io", num_blocks, pairwise=False, why="ranking by CKA(input, output)")
 
 

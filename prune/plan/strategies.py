@@ -9,33 +9,23 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prune.plan.base import Selection, Strategy, candidate_blocks, describe_blocks, last_note, register
+from prune.plan.base import (
+    Selection,
+    SelectRequest,
+    Strategy,
+    candidate_blocks,
+    describe_blocks,
+    last_note,
+    register,
+)
 from prune.plan.scoring import get_ranking, rounded
+from prune.scores import span_distances
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
-    from prune.plan.search import SearchContext
-
-
-def span_distances(
-    matrix: Tensor, num_blocks: int, num_drop: int, allow_last: bool, first: int = 0
-) -> dict[int, float]:
-    """``{start: d(start, num_drop)}`` for every span of `num_drop` blocks starting at `first` or later.
-
-    Without `allow_last` a span must end before the last block (``start + num_drop <= L - 1``).
-
-    Example:
-        >>> import torch
-        >>> span_distances(torch.arange(16.0).view(4, 4), 4, 2, allow_last=False)
-        {0: 2.0, 1: 7.0}
-    """
-    last_start = num_blocks - num_drop if allow_last else num_blocks - 1 - num_drop
-    return {start: float(matrix[start, start + num_drop]) for start in range(first, last_start + 1)}
+    pass
 
 
 @dataclass(frozen=True)
@@ -51,17 +41,9 @@ class SpanStrategy(Strategy):
     def required_metrics(self, metric: str | None) -> tuple[str, ...]:
         return get_ranking(self.resolve_metric(metric) or "angular").span_needs
 
-    def select(
-        self,
-        scores: Mapping[str, Tensor],
-        num_blocks: int,
-        num_drop: int,
-        *,
-        metric: str | None,
-        allow_last: bool,
-        seed: int,
-        search: SearchContext | None,
-    ) -> Selection:
+    def select(self, request: SelectRequest) -> Selection:
+        scores, num_blocks, num_drop = request.scores, request.num_blocks, request.num_drop
+        metric, allow_last = request.metric, request.allow_last
         ranking = get_ranking(metric or "angular")
         assert ranking.matrix is not None  # every metric span accepts is pairwise
         matrix = ranking.matrix(scores, num_blocks)
@@ -100,17 +82,9 @@ class RankStrategy(Strategy):
     input, keep the least similar ones).
     """
 
-    def select(
-        self,
-        scores: Mapping[str, Tensor],
-        num_blocks: int,
-        num_drop: int,
-        *,
-        metric: str | None,
-        allow_last: bool,
-        seed: int,
-        search: SearchContext | None,
-    ) -> Selection:
+    def select(self, request: SelectRequest) -> Selection:
+        scores, num_blocks, num_drop = request.scores, request.num_blocks, request.num_drop
+        metric, allow_last = request.metric, request.allow_last
         ranking = get_ranking(metric or "bi")
         values = ranking.vector(scores, num_blocks).tolist()
         order = sorted(candidate_blocks(num_blocks, allow_last), key=lambda b: (values[b], b))
@@ -138,17 +112,8 @@ class LastStrategy(Strategy):
     `allow_last` it removes the final n blocks, L-n .. L-1, exactly as in the literature.
     """
 
-    def select(
-        self,
-        scores: Mapping[str, Tensor],
-        num_blocks: int,
-        num_drop: int,
-        *,
-        metric: str | None,
-        allow_last: bool,
-        seed: int,
-        search: SearchContext | None,
-    ) -> Selection:
+    def select(self, request: SelectRequest) -> Selection:
+        num_blocks, num_drop, allow_last = request.num_blocks, request.num_drop, request.allow_last
         drop = tuple(candidate_blocks(num_blocks, allow_last)[-num_drop:])
         blocks = f"{num_drop} blocks" if num_drop > 1 else "block"
         where = f"the final {blocks}" if allow_last else f"the last {blocks} before the final block"
@@ -162,17 +127,9 @@ class LastStrategy(Strategy):
 class RandomStrategy(Strategy):
     """Baseline: n blocks drawn uniformly at random (reproducible for a given `seed`)."""
 
-    def select(
-        self,
-        scores: Mapping[str, Tensor],
-        num_blocks: int,
-        num_drop: int,
-        *,
-        metric: str | None,
-        allow_last: bool,
-        seed: int,
-        search: SearchContext | None,
-    ) -> Selection:
+    def select(self, request: SelectRequest) -> Selection:
+        num_blocks, num_drop, allow_last = request.num_blocks, request.num_drop, request.allow_last
+        seed = request.seed
         candidates = candidate_blocks(num_blocks, allow_last)
         drop = tuple(sorted(random.Random(seed).sample(candidates, num_drop)))
         reason = (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from prune.errors import PruneError
+from prune.errors import RepairError
 from prune.registry import Registry
 
 if TYPE_CHECKING:
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 
     from prune.anatomy.mlp import MlpAnatomy
     from prune.collect.capture import CaptureSite, SiteSum
-
-
-class RepairError(PruneError):
-    """A cut cannot be repaired as asked (unknown method, unknown residual placement, bad option)."""
 
 
 # Ridge grid, relative to the mean diagonal of the Gram matrix; chosen per span on held-out calibration

@@ -1,0 +1,117 @@
+"""The depth stages: `collect` the block statistics, `plan` which blocks go, `cut` them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prune.stages.context import RunContext
+from prune.vocab import SCORE_METRICS
+
+logger = logging.getLogger(__name__)
+
+
+def collect(ctx: RunContext, *, metrics: tuple[str, ...] | None = None, **collector: Any) -> RunContext:
+    """Collect the block statistics over the calibration batches (``ctx.stats``, ``ctx.scores``).
+
+    Without a depth target (width squeezing alone) nothing is collected. The metrics are what the
+    strategy needs plus `prune.vocab.SCORE_METRICS`, which every report carries.
+
+    Args:
+        ctx: a context with ``loaded``, ``anatomy`` and ``calib_batches``.
+        metrics: collect these instead (``prune-llm analyze`` and the benchmarks choose their own).
+        collector: further `prune.collect.collect_stats` arguments (``accelerator``, ``state_path``).
+
+    Example:
+        >>> sorted(collect(calibrate(load(check(ctx)))).scores)  # doctest: +SKIP
+        ['angular', 'bi', 'cka', 'cka_io']
+    """
+    from prune.collect import collect_stats
+    from prune.plan import required_metrics
+    from prune.preflight import check_counted_tokens
+
+    options = ctx.options
+    if metrics is None:
+        if getattr(options, "target", None) is None:  # width only: no depth statistics are needed
+            ctx.stats, ctx.scores = None, {}
+            return ctx
+        metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *SCORE_METRICS]))
+    logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(ctx.calib_batches))
+    ctx.stats = collect_stats(
+        ctx.original,
+        ctx.calib_batches,
+        anatomy=ctx.anatomy,
+        metrics=metrics,
+        max_tokens=options.max_tokens,
+        token_mode=options.token_mode,
+        skip_tokens=options.skip_tokens,
+        cka_minibatch=options.cka_minibatch,
+        cka_window=options.cka_window,
+        seed=options.seed,
+        progress=ctx.progress,
+        **collector,
+    )
+    check_counted_tokens(ctx.stats.num_tokens, options.skip_tokens)
+    ctx.scores = ctx.stats.scores()
+    return ctx
+
+
+def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = None) -> RunContext:
+    """Choose the blocks to remove (``ctx.plan``) with the run's strategy, or the one named here.
+
+    A strategy that evaluates the model (``get_strategy(name).needs_search``) gets a `SearchContext`
+    on the calibration batches, with the run's search objective and candidate count.
+
+    Example:
+        >>> plan(collect(calibrate(load(check(ctx))))).plan.drop  # doctest: +SKIP
+        (1, 2)
+    """
+    from prune.plan import Plan, get_strategy, plan_pruning
+
+    options = ctx.options
+    if options.target is None:
+        ctx.plan = Plan(
+            ctx.anatomy.num_blocks, (), "none", None, "none", "no depth cut (width squeezing only)", {}
+        )
+        return ctx
+    strategy = strategy or options.strategy
+    metric = options.metric if metric is None else metric
+    search = None
+    if get_strategy(strategy).needs_search:
+        from prune.plan import SearchContext
+
+        search = SearchContext(
+            model=ctx.original,
+            batches=ctx.calib_batches,
+            kind=ctx.loaded.kind,
+            objective=options.search_objective,
+            candidates_per_step=options.search_candidates,
+            anatomy=ctx.anatomy,
+        )
+    ctx.plan = plan_pruning(
+        ctx.scores,
+        ctx.anatomy.num_blocks,
+        options.target,
+        strategy,
+        metric=metric,
+        allow_last=options.allow_last,
+        seed=options.seed,
+        search=search,
+    )
+    logger.info("plan: drop blocks %s (%s)", list(ctx.plan.drop), ctx.plan.reason)
+    return ctx
+
+
+def cut(ctx: RunContext) -> RunContext:
+    """Remove the planned blocks into ``ctx.pruned`` (the original is never modified).
+
+    A model the run loaded itself is only read (evaluated) and then dropped, so the pruned copy shares
+    its tensors: the run then holds one set of weights, not two. A model the caller passed in gets a
+    real copy, so that whatever they do with the result later never reaches their model.
+    """
+    from prune.surgery import remove_blocks
+
+    ctx.pruned = remove_blocks(
+        ctx.original, ctx.plan.drop, anatomy=ctx.anatomy, share_weights=not ctx.model_given
+    )
+    return ctx
