@@ -34,6 +34,7 @@ __all__ = [
     "CKA_WINDOW",
     "OPTION_GROUPS",
     "AnalyzeOptions",
+    "BudgetOptions",
     "CollectOptions",
     "DataOptions",
     "EvalCommandOptions",
@@ -308,6 +309,33 @@ class OutputOptions(_Group):
     )
 
 
+class BudgetOptions(_Group):
+    """Pruning to a budget (`prune.budget`, #15): depth and FFN width chosen together."""
+
+    budget: str | None = Field(
+        default=None,
+        description="Prune to a budget instead of a block count: the tool chooses how many blocks to cut (with "
+        "--strategy and --repair) and how many FFN neurons to keep, scored on a held-back quarter of the "
+        "calibration data. 'params:100M' (at most that many parameters), 'size:350MB' (weights in the "
+        "checkpoint's dtype), 'latency:0.7x' (forward pass measured on this machine vs the original), "
+        "'loss:1.10x' (the smallest model whose held-back perplexity stays within 1.10x). Replaces --target "
+        "and --ffn-keep.",
+    )
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            from prune.budget.spec import parse_budget
+            from prune.errors import BudgetError
+
+            try:
+                parse_budget(value)
+            except BudgetError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+
 class HubOptions(_Group):
     """Publishing to the Hugging Face Hub."""
 
@@ -328,6 +356,7 @@ class PruneOptions(
     ScoreOptions,
     CollectOptions,
     DataOptions,
+    BudgetOptions,
     WidthOptions,
     RepairOptions,
     PlanOptions,
@@ -348,11 +377,23 @@ class PruneOptions(
         return group.model_validate({name: getattr(self, name) for name in group.model_fields})
 
     @model_validator(mode="after")
+    def _budget_alone(self) -> PruneOptions:
+        if self.budget is not None and (self.target is not None or self.ffn_keep is not None):
+            given = " and ".join(
+                f for f, v in (("--target", self.target), ("--ffn-keep", self.ffn_keep)) if v
+            )
+            raise ValueError(
+                f"--budget chooses the depth and the FFN width itself; drop {given} (or drop --budget to "
+                "prune by hand)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _something_to_do(self) -> PruneOptions:
-        if self.target is None and self.ffn_keep is None:
+        if self.target is None and self.ffn_keep is None and self.budget is None:
             raise ValueError(
                 "nothing to prune: pass --target (blocks to remove, e.g. 8-layers) and/or --ffn-keep "
-                "(FFN width to keep, e.g. 0.75)"
+                "(FFN width to keep, e.g. 0.75), or --budget (e.g. params:100M)"
             )
         return self
 
@@ -420,6 +461,7 @@ OPTION_GROUPS: tuple[type[BaseModel], ...] = (
     PlanOptions,
     RepairOptions,
     WidthOptions,
+    BudgetOptions,
     DataOptions,
     CollectOptions,
     ScoreOptions,

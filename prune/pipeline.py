@@ -88,7 +88,7 @@ def run_pruning(
         command=command or command_for(options),
         progress=progress,
     )
-    for stage in stages.RUN_STAGES:
+    for stage in stages.BUDGET_STAGES if options.budget is not None else stages.RUN_STAGES:
         ctx = stage(ctx)
     if ctx.checked.out:
         ctx = stages.export_gguf(stages.save(ctx))

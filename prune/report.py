@@ -126,6 +126,10 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines += ["", "Protocol:", "", *(f"- **{k}**: {v}" for k, v in protocol.items())]
     if report.get("squeeze"):
         lines += ["", *squeeze_section(report["squeeze"])]
+    if report.get("budget"):
+        from prune.budget.report import budget_section
+
+        lines += ["", *budget_section(report["budget"])]
     scores = report.get("scores") or {}
     per_block = {k: v for k, v in scores.items() if isinstance(v, list) and v and not isinstance(v[0], list)}
     if per_block:

@@ -8,7 +8,8 @@ Example:
 
 from __future__ import annotations
 
+from prune.budget.api import search_budget
 from prune.budget.cost import ModelCosts
 from prune.budget.spec import Budget, parse_budget
 
-__all__ = ["Budget", "ModelCosts", "parse_budget"]
+__all__ = ["Budget", "ModelCosts", "parse_budget", "search_budget"]

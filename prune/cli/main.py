@@ -1,6 +1,6 @@
 """`prune-llm`: the command-line entry point.
 
-`prune-llm MODEL --target ...` prunes; the other forms are subcommands (`squeeze`, `analyze`, `eval`, `export`, `run`,
+`prune-llm MODEL --target ...` prunes; the other forms are subcommands (`squeeze`, `search`, `analyze`, `eval`, `export`, `run`,
 `recipes`, `models`, `assets`). Each command lives in its own module with a `register(subparsers)`
 function; this module only dispatches. Nothing heavy (torch, transformers) is imported here, so
 `--help` is instant: commands import the library inside their `run` function.
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "analyze": "prune.cli.analyze_cmd",
     "squeeze": "prune.cli.squeeze_cmd",
+    "search": "prune.cli.search_cmd",
     "eval": "prune.cli.eval_cmd",
     "export": "prune.cli.export_cmd",
     "run": "prune.cli.run_cmd",
@@ -30,6 +31,8 @@ DESCRIPTION = """Layer pruning for pretrained transformers.
 
   prune-llm MODEL --target 8-layers [--out DIR]   prune MODEL (Hub id, alias, folder or .gguf file)
   prune-llm squeeze MODEL --ffn-keep 0.75         width-prune every FFN (add --ffn-keep to the above for both)
+  prune-llm MODEL --budget params:100M --out DIR  depth and width chosen together under a budget
+  prune-llm search MODEL --budget params:100M     the budget search's frontier only (saves nothing)
   prune-llm analyze MODEL                         redundancy analysis only: scores, MSRS, heatmaps
   prune-llm eval MODEL_OR_DIR [--reference M]     evaluate a model (side by side with a reference)
   prune-llm export DIR --gguf FILE [--outtype T]  convert a saved model folder to GGUF (llama.cpp)

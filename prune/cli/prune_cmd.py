@@ -67,7 +67,7 @@ def with_default_out(options):
     stderr before the run starts."""
     if options.out is not None or options.push_to_hub:
         return options
-    out = default_out_dir(options.model, options.target, options.ffn_keep)
+    out = default_out_dir(options.model, options.target or options.budget, options.ffn_keep)
     print(f"no --out given: the pruned model will be saved to {out}", file=sys.stderr)
     return options.model_copy(update={"out": out})
 

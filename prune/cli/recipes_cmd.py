@@ -46,7 +46,7 @@ def _list(*, as_json: bool) -> int:
                 {
                     "name": info.name,
                     "model": options.model,
-                    "target": options.target,
+                    "target": options.target or options.budget or f"ffn {options.ffn_keep}",
                     "strategy": options.strategy,
                     "description": info.description or "",
                     "path": str(info.path),

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from prune.budget.stage import budget
 from prune.stages.context import RunContext
 from prune.stages.depth import collect, cut, plan
 from prune.stages.evaluate import evaluate, report
@@ -30,10 +31,14 @@ from prune.stages.refine import repair, squeeze
 
 # The run, in order (`prune.pipeline.run_pruning` saves, exports and pushes only where asked).
 RUN_STAGES = (check, load, calibrate, collect, plan, cut, repair, squeeze, evaluate, report)
+# With a budget, one stage (`prune.budget.stage.budget`) chooses and builds depth and width together.
+BUDGET_STAGES = (check, load, calibrate, budget, evaluate, report)
 
 __all__ = [
+    "BUDGET_STAGES",
     "RUN_STAGES",
     "RunContext",
+    "budget",
     "calibrate",
     "check",
     "collect",

@@ -37,6 +37,7 @@ class RunContext:
         squeeze: the width report, from `squeeze` (None when no FFN width was asked for).
         comparison: the before/after `Comparison`, from `evaluate` (None with ``eval: none``).
         eval_info: what the evaluation used (data, samples), from `evaluate`.
+        budget: the budget search's `prune.budget.search.SearchResult`, from `budget` (with ``budget`` set).
         report: the JSON-able report, from `report`.
         out_dir, gguf, hub_url: where `save`, `export_gguf` and `push` put the result.
     """
@@ -58,6 +59,7 @@ class RunContext:
     squeeze: Any = None
     comparison: Any = None
     eval_info: dict | None = None
+    budget: Any = None
     report: dict | None = None
     out_dir: Path | None = None
     gguf: Any = None

@@ -76,6 +76,8 @@ def report(ctx: RunContext) -> RunContext:
     )
     if ctx.repair is not None:
         ctx.report["repair"] = ctx.repair.to_dict()
+    if ctx.budget is not None:
+        ctx.report["budget"] = ctx.budget.to_dict(ctx.budget.info.get("d_ff", 0))
     return ctx
 
 

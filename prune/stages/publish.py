@@ -161,6 +161,10 @@ def write_plots(ctx: RunContext, folder: Path) -> None:
                 removed=list(ctx.plan.drop),
                 title=f"{name}: per-block scores (removed blocks marked)",
             )
+        if report.get("budget"):
+            from prune.budget.report import plot_budget_frontier
+
+            plot_budget_frontier(report["budget"], folder / "budget_frontier.png")
         squeeze = report.get("squeeze")
         if squeeze and squeeze["blocks"] and squeeze["blocks"][0]["neurons_for_energy"]:
             from prune.plots import plot_neurons_needed

@@ -1,0 +1,245 @@
+"""Build and score budget candidates exactly as the result would be built.
+
+A candidate (blocks cut, FFN neurons kept) is built as a pruning run builds its result: a weight-sharing
+cut of the original (`remove_blocks(..., share_weights=True)`: the folds replace parameters, they never
+write into the original's tensors), the run's repair (`repair_cut`) and the squeeze (`squeeze_model`),
+all fitted on the calibration FIT part; it is scored on the HELD-BACK part of the calibration data (never
+the evaluation data): the mean next-token loss for causal LMs, the mean ``1 - cos`` of the final hidden
+state to the original's for encoders.
+
+What is reused: the repaired model of a cut and its FFN statistics (one calibration pass) do not depend
+on the width, so several widths of one cut cost one repair and one statistics pass (kept for the last
+cut, while the Grams fit `CACHE_BYTES`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune.budget.search import Candidate
+
+logger = logging.getLogger(__name__)
+
+CACHE_BYTES = 2 * 1024**3
+HELD_BACK_FRACTION = 0.25
+
+
+def split_calibration(batches: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The calibration batches as (fit, held back): the last quarter (at least one batch) is held back.
+
+    Raises:
+        BudgetError: fewer than two batches.
+    """
+    from prune.errors import BudgetError
+
+    batches = list(batches)
+    if len(batches) < 2:
+        raise BudgetError(
+            f"a budget search needs at least 2 calibration batches (one to fit, one held back to score), "
+            f"got {len(batches)}; raise --calib-samples or lower --batch-size"
+        )
+    held = max(1, round(HELD_BACK_FRACTION * len(batches)))
+    return batches[:-held], batches[-held:]
+
+
+@dataclass
+class Built:
+    """A built candidate: the model and what its repair and squeeze reported."""
+
+    candidate: Candidate
+    model: nn.Module
+    repair: Any
+    squeeze: Any
+
+
+@dataclass
+class CandidateBuilder:
+    """Builds candidates of one model under one run's options and scores them on held-back data.
+
+    Attributes:
+        options: The run's `PruneOptions` (repair, FFN method and ridge, token limits).
+        original: The model before pruning (never modified).
+        anatomy: Its anatomy.
+        kind: "causal-lm" or "encoder".
+        fit: Calibration batches the repair and squeeze are fitted on.
+        held: Calibration batches held back to score candidates.
+        progress: Show progress bars.
+    """
+
+    options: Any
+    original: nn.Module
+    anatomy: Any
+    kind: str
+    fit: list[Any]
+    held: list[Any]
+    progress: bool = False
+    builds: int = 0
+    seconds: float = 0.0
+    _reference: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _cut: tuple[tuple[int, ...], nn.Module, Any, dict | None] | None = field(
+        default=None, init=False, repr=False
+    )
+
+    def build(self, candidate: Candidate) -> Built:
+        """Cut, repair and squeeze `candidate` (fitted on the fit part)."""
+        from prune.width import squeeze_model
+
+        start = time.perf_counter()
+        drop, keep = candidate.drop, candidate.keep
+        cut, repair, stats = self._repaired(drop)
+        size = self._d_ff()
+        squeeze = None
+        if size and keep < size:
+            # a copy of the module tree that shares the repaired weights: the squeeze replaces the
+            # parameters it changes, so the cached repaired cut stays as it is for the next width
+            model = _share_copy(cut, self.options.block_path)
+            result = squeeze_model(
+                model,
+                self.fit,
+                keep=keep / size,
+                method=self.options.ffn_method,
+                ridge=self.options.ffn_ridge,
+                block_group=self.options.ffn_block_group,
+                max_tokens=self.options.max_tokens,
+                skip_tokens=self.options.skip_tokens,
+                inplace=True,
+                progress=self.progress,
+                stats=stats,
+                energy_levels=(),
+            )
+            model, squeeze = result.model, result.report
+        else:
+            model = cut
+        self.builds += 1
+        self.seconds += time.perf_counter() - start
+        return Built(candidate, model, repair, squeeze)
+
+    def loss(self, model: nn.Module) -> float:
+        """The held-back calibration loss of `model` (lower is better)."""
+        reference = self.reference_outputs()
+        total, count = 0.0, 0
+        for batch, ref in zip(self.held, reference, strict=True):
+            out, ids, mask = _forward(model, batch, self.kind)
+            if self.kind == "causal-lm":
+                valid = mask[:, 1:] & mask[:, :-1]
+                logits, targets = out[:, :-1][valid], ids[:, 1:][valid]
+                total += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+                count += int(valid.sum())
+            else:
+                cos = nn.functional.cosine_similarity(out[mask], ref, dim=-1)
+                total += float((1.0 - cos).sum())
+                count += cos.numel()
+        return total / max(count, 1)
+
+    def reference_outputs(self) -> list[Any]:
+        """The original's final hidden states on the held-back batches (encoders only; cached)."""
+        if self._reference is None:
+            if self.kind == "causal-lm":
+                self._reference = [None] * len(self.held)  # type: ignore[list-item]
+            else:
+                self._reference = [
+                    out[mask] for out, _, mask in (_forward(self.original, b, self.kind) for b in self.held)
+                ]
+        return self._reference  # type: ignore[return-value]
+
+    def evaluate(self, candidate: Candidate) -> float:
+        """Build `candidate` and return its held-back loss."""
+        built = self.build(candidate)
+        value = self.loss(built.model)
+        logger.info("budget: %s -> held-back loss %.4f", candidate.label(self._d_ff()), value)
+        return value
+
+    def _d_ff(self) -> int:
+        if self.anatomy.mlp is None:
+            return 0
+        return int(self.anatomy.mlp.intermediate_size(self.anatomy.blocks(self.original)[0]))
+
+    def _repaired(self, drop: tuple[int, ...]):
+        """The cut + repaired model of `drop` and its FFN statistics (cached for the last cut)."""
+        from prune.repair import RepairError, RepairReport, repair_cut
+        from prune.surgery import remove_blocks
+        from prune.width.stats import collect_ffn_stats, gram_bytes
+
+        if self._cut is not None and self._cut[0] == drop:
+            return self._cut[1], self._cut[2], self._cut[3]
+        self._cut = None
+        options = self.options
+        cut = remove_blocks(self.original, drop, anatomy=self.anatomy, share_weights=True)
+        try:
+            repair = repair_cut(
+                self.original,
+                cut,
+                drop,
+                self.fit,
+                method=options.repair,
+                anatomy=self.anatomy,
+                order=options.repair_order,
+                objective=options.repair_objective,
+                max_tokens=options.max_tokens,
+                skip_tokens=options.skip_tokens,
+                progress=self.progress,
+            )
+        except RepairError as err:
+            if "repair" in options.model_fields_set:
+                raise
+            repair = RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
+        stats = None
+        size = self._d_ff()
+        kept = self.anatomy.num_blocks - len(drop)
+        if size and kept * gram_bytes(size) <= CACHE_BYTES:
+            from prune.anatomy import get_anatomy
+
+            stats = collect_ffn_stats(
+                cut,
+                self.fit,
+                get_anatomy(cut, options.block_path),
+                list(range(kept)),
+                max_tokens=options.max_tokens,
+                skip_tokens=options.skip_tokens,
+                progress=self.progress,
+            )
+        self._cut = (drop, cut, repair, stats)
+        return cut, repair, stats
+
+
+def _share_copy(model: nn.Module, block_path: str | None) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are `model`'s tensors (a zero-block cut)."""
+    from prune.anatomy import get_anatomy
+    from prune.surgery import remove_blocks
+
+    return remove_blocks(model, (), anatomy=get_anatomy(model, block_path), share_weights=True)
+
+
+def _forward(model: nn.Module, batch: dict, kind: str):
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if kind == "causal-lm":
+                out = model(**inputs, use_cache=False, return_dict=True).logits
+            else:
+                out = model(**inputs, output_hidden_states=True, return_dict=True)
+                final = getattr(out, "last_hidden_state", None)
+                out = final if final is not None else out.hidden_states[-1]
+    finally:
+        model.train(was_training)
+    return out.float().cpu(), inputs["input_ids"].cpu(), mask.cpu()
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf on overflow."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+__all__ = ["Built", "CandidateBuilder", "perplexity", "split_calibration"]
