@@ -27,7 +27,7 @@ from torch import nn
 from prune.budget.build import CandidateBuilder, split_calibration
 from prune.budget.cost import ModelCosts
 from prune.budget.search import Candidate, Evaluated, SearchResult, budget_frontier, search_frontier
-from prune.budget.spec import Budget, parse_budget
+from prune.budget.spec import Budget, parse_budget, si_count
 from prune.errors import BudgetError
 
 logger = logging.getLogger(__name__)
@@ -207,9 +207,9 @@ class _Search:
     def _too_small(self, max_params: float) -> BudgetError:
         small = self.smallest()
         return BudgetError(
-            f"no configuration fits {max_params / 1e6:.2f}M parameters: the smallest in the search space "
+            f"no configuration fits {si_count(max_params, '')} parameters: the smallest in the search space "
             f"({small.label(self.d_ff)}, at least {MIN_KEEP_FRACTION:g} of the FFN width) has "
-            f"{small.params / 1e6:.2f}M parameters ({small.size_bytes / 1e6:.1f} MB); raise the budget to "
+            f"{si_count(small.params, '')} parameters ({small.size_bytes / 1e6:.1f} MB); raise the budget to "
             f"at least that, or prune further by hand with --target/--ffn-keep"
         )
 
@@ -255,7 +255,7 @@ def run_budget_search(
         limit = budget.value if budget.kind == "params" else budget.value / state.costs.bytes_per_param
         if limit >= total:
             raise BudgetError(
-                f"{options.model} already meets {budget.text} ({total / 1e6:.2f}M parameters, "
+                f"{options.model} already meets {budget.text} ({si_count(total, '')} parameters, "
                 f"{state.costs.bytes_after(()) / 1e6:.1f} MB); nothing to prune: ask for less than that"
             )
         chosen = state.best_within(limit)
@@ -377,7 +377,7 @@ def _latency_search(state: _Search, budget: Budget) -> tuple[Evaluated, str, dic
             info = {"latency_reference_ms": reference, "latency_ratio": ratio, "latency_tolerance": tolerance}
             return (
                 best,
-                f"lowest held-back loss within the parameter budget {limit / 1e6:.2f}M whose measured latency "
+                f"lowest held-back loss within the parameter budget {si_count(limit, '')} whose measured latency "
                 f"is {ratio:.3f}x the original's (budget {budget.value:g}x, tolerance {tolerance:.0%})",
                 info,
             )
@@ -388,7 +388,7 @@ def _latency_search(state: _Search, budget: Budget) -> tuple[Evaluated, str, dic
     best, ratio = min(measured, key=lambda m: m[1])
     raise BudgetError(
         f"no configuration met {budget.text} on this machine: the fastest measured "
-        f"({best.candidate.label(state.d_ff)}, {best.candidate.params / 1e6:.2f}M parameters) runs at "
+        f"({best.candidate.label(state.d_ff)}, {si_count(best.candidate.params, '')} parameters) runs at "
         f"{ratio:.3f}x the original's latency; the closest feasible budget is latency:{math.ceil(ratio * 100) / 100:g}x"
     )
 

@@ -63,14 +63,27 @@ class Budget:
         return self.kind in ("latency", "loss")
 
     def describe(self) -> str:
-        """The budget in words, e.g. 'at most 100.0M parameters'."""
+        """The budget in words, e.g. 'at most 100M parameters'.
+
+        Example:
+            >>> parse_budget("params:100M").describe(), parse_budget("params:40k").describe()
+            ('at most 100M parameters', 'at most 40k parameters')
+        """
         if self.kind == "params":
-            return f"at most {self.value / 1e6:.1f}M parameters"
+            return f"at most {si_count(self.value, '')} parameters"
         if self.kind == "size":
-            return f"at most {self.value / 1e6:.1f} MB of weights"
+            return f"at most {si_count(self.value, 'B')} of weights"
         if self.kind == "latency":
             return f"a forward pass at most {self.value:g}x the original's"
         return f"held-back calibration perplexity at most {self.value:g}x the original's"
+
+
+def si_count(value: float, unit: str) -> str:
+    """A count in the largest SI unit that keeps it at or above 1 (100M, 350MB, 40k, 512B)."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.4g}{prefix}{unit}"
+    return f"{value:.4g}{unit}" if unit else f"{value:.4g}"
 
 
 def parse_budget(text: str) -> Budget:
