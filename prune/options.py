@@ -4,7 +4,7 @@ Each group (`ModelOptions`, `DataOptions`, `CollectOptions`, `ScoreOptions`, `Pl
 `RepairOptions`, `WidthOptions`, `EvalOptions`, `OutputOptions`, `HubOptions`) holds the knobs of one
 stage of `prune.stages`; a stage reads only its group. `PruneOptions` composes them all, so a recipe
 stays one flat mapping (``target: 8-layers``, ``seq_len: 512``) and ``opts.strategy`` works as before;
-`prune-llm analyze` composes the groups it needs (`AnalyzeOptions`). The CLI generates its flags from
+`prune-llm analyze` and `prune-llm eval` compose the groups they need (`prune.command_options`). The CLI generates its flags from
 these models (`prune.cli.flags`), so a recipe key and its flag cannot drift apart: adding a knob is one
 field in one group, read by its stage.
 
@@ -33,14 +33,11 @@ __all__ = [
     "CKA_MINIBATCH",
     "CKA_WINDOW",
     "OPTION_GROUPS",
-    "AnalyzeOptions",
     "BudgetOptions",
     "CollectOptions",
     "DataOptions",
-    "EvalCommandOptions",
     "EvalOptions",
     "HubOptions",
-    "MeasureOptions",
     "ModelOptions",
     "OutputOptions",
     "PlanOptions",
@@ -398,63 +395,6 @@ class PruneOptions(
         return self
 
 
-class AnalyzeOptions(ScoreOptions, CollectOptions, DataOptions, ModelOptions):
-    """What `prune-llm analyze` is told: the model, the data, the collection and how scores are read.
-
-    Example:
-        >>> AnalyzeOptions(model="minilm-l6").beta
-        100.0
-    """
-
-
-class MeasureOptions(_Group):
-    """What `prune-llm eval` measures, and on what (the knobs of `prune.evaluation.EvalSettings`)."""
-
-    data: str = Field(
-        default="default",
-        description="Held-out data: 'default' (offline news text when fetched, else WikiText-2 from the Hub), "
-        "a local .txt/.csv/.json/.jsonl file or folder, or a Hub dataset 'name[:config][:split]'.",
-    )
-    samples: int = Field(default=64, ge=1, description="Windows or texts evaluated.")
-    stride: int | None = Field(
-        default=None,
-        ge=1,
-        description="Perplexity window stride; below --seq-len only the new tokens of each window count "
-        "(default: --seq-len, non-overlapping windows).",
-    )
-    speed: bool = Field(default=True, description="Measure latency, throughput and memory.")
-    repeats: int = Field(default=5, ge=1, description="Timed passes, median reported.")
-    generation: bool = Field(default=True, description="Measure greedy-generation agreement (causal LMs).")
-    new_tokens: int = Field(default=32, ge=1, description="Greedy tokens per prompt.")
-    prompts: int = Field(default=8, ge=1, description="Prompts for greedy agreement.")
-    probe: bool = Field(
-        default=False,
-        description="Classification accuracy of encoders: their head, or a logistic probe on frozen embeddings "
-        "(minutes on a CPU).",
-    )
-    probe_data: str = Field(
-        default="default",
-        description="Labelled data for the probe: 'default' (offline Pang & Lee sentences, else GLUE SST-2 from "
-        "the Hub), a .csv/.json/.jsonl file with text and label columns, or a Hub 'name[:config][:split]'.",
-    )
-    probe_train: int = Field(default=2000, ge=1, description="Probe training sentences.")
-    probe_test: int = Field(default=1000, ge=1, description="Probe test sentences.")
-    lm_eval: str | None = Field(
-        default=None,
-        description="Also run lm-evaluation-harness tasks, comma-separated (needs `pip install prune-llm[lm-eval]`).",
-    )
-    lm_eval_limit: int | None = Field(default=None, ge=1, description="Examples per lm-eval task.")
-
-
-class EvalCommandOptions(MeasureOptions, DataOptions, ModelOptions):
-    """What `prune-llm eval` is told: the model and how it loads, the sequence settings, what to measure.
-
-    Example:
-        >>> EvalCommandOptions(model="minilm-l6").samples
-        64
-    """
-
-
 # Every group, for code that walks them (flag sections, the saved recipe).
 OPTION_GROUPS: tuple[type[BaseModel], ...] = (
     ModelOptions,
@@ -468,5 +408,4 @@ OPTION_GROUPS: tuple[type[BaseModel], ...] = (
     EvalOptions,
     OutputOptions,
     HubOptions,
-    MeasureOptions,
 )

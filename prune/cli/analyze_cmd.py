@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from prune.cli.flags import add_option_flags, options_from_args
-from prune.options import AnalyzeOptions
+from prune.command_options import AnalyzeOptions
 
 PLOTS = ("cka_heatmap.png", "block_scores.png", "ffn_neurons_needed.png")
 

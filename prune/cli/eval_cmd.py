@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from prune.cli.flags import add_option_flags, options_from_args
-from prune.options import EvalCommandOptions
+from prune.command_options import EvalCommandOptions
 from prune.vocab import ModelKind
 
 

@@ -126,7 +126,7 @@ def add_option_flags(
 def _sections(parser: argparse.ArgumentParser, model: type[BaseModel], title: str) -> dict[str, Any]:
     """One argument group per option group of `prune.options` that `model` composes (one for all when
     it composes none), by field name: --help lists the flags stage by stage."""
-    from prune.options import OPTION_GROUPS
+    from prune.command_options import COMMAND_OPTION_GROUPS as OPTION_GROUPS
 
     groups = [g for g in OPTION_GROUPS if issubclass(model, g)] or [model]
     sections: dict[str, Any] = {}

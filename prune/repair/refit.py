@@ -376,6 +376,9 @@ def refit_model(
         # the sum the MLP output joins: the block output (pre-norm) or the output norm's input (post-norm)
         return (mlp.output_norm or "", "input") if post_norm else ("", "output")
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="refitting down projections", unit="block", disable=not progress)
     cursor = start  # xs enter modified block `cursor`
     origin = corr[start - 1] + 1 if start > 0 else 0  # ys enter original block `origin`
     for k in todo:
@@ -460,6 +463,7 @@ def refit_model(
                 k, corr[k], int(solution.shape[0]), float(f"{before:.6g}"), float(f"{after:.6g}"), chosen
             )
         )
+        bar.update(1)
         log = logger.info if progress else logger.debug
         log(
             "refit block %d (original %d): stream error %.4g -> %.4g (ridge %g)",
@@ -472,6 +476,7 @@ def refit_model(
         # the refitted block's output is the next block's input
         xs = [mine.run(b, x, {})["out"] for (b, _), x in zip(prepared, xs, strict=True)]
         cursor, origin = k + 1, corr[k] + 1
+    bar.close()
     report.seconds = time.perf_counter() - started
     return report
 
