@@ -188,7 +188,7 @@ def repair_lines(repair: dict[str, Any] | None) -> list[str]:
     lines += _table(["cut blocks", "map in block", "map", "error plain cut", "error repaired", "ridge"], rows)
     lines += [f"- Warning: {w}" for w in repair.get("warnings") or []]
     if repair.get("refit"):
-        from prune.repair.refit import refit_lines
+        from prune.repair.refit_report import refit_lines
 
         lines += ["", *refit_lines(repair["refit"])]
     return lines
@@ -227,7 +227,7 @@ def squeeze_section(squeeze: dict[str, Any], *, heading: str = "##") -> list[str
         ["block", "kept", "error", "error without fold", *(f"neurons for {k}" for k in levels)], rows
     )
     if squeeze.get("refit"):
-        from prune.repair.refit import refit_lines
+        from prune.repair.refit_report import refit_lines
 
         lines += ["", *refit_lines(squeeze["refit"])]
     return lines

@@ -184,7 +184,7 @@ class _SiteHooks:
             handle.remove()
 
 
-def _rows(value: Tensor, mask: Tensor, name: str) -> Tensor:
+def site_rows(value: Tensor, mask: Tensor, name: str) -> Tensor:
     """The valid tokens of a captured [B, T, d] (or flattened [B*T, d]) tensor, float32 [n, d]."""
     if value.dim() == 3 and tuple(value.shape[:2]) == tuple(mask.shape):
         return value[mask.to(value.device)].float()
@@ -329,7 +329,7 @@ def collect_site_sums(
                     some = next(iter(hooks.captured.values()))
                     reference = torch.empty((*ids.shape[:2], 0), device=some.device)
                 mask = valid_mask(batch, reference, remaining, skip_tokens)
-                rows = {name: _rows(value, mask, name) for name, value in hooks.captured.items()}
+                rows = {name: site_rows(value, mask, name) for name, value in hooks.captured.items()}
                 hooks.captured = {}
                 increments = {s.name: s.update(*(rows[site] for site in s.sites)) for s in sums}
                 del rows
@@ -374,4 +374,5 @@ __all__ = [
     "cross",
     "difference_gram",
     "gram",
+    "site_rows",
 ]

@@ -39,21 +39,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from prune.collect.batches import check_batch, rows_within_budget, to_device, valid_mask
+from prune.collect.capture import site_rows
 from prune.collect.collector import _input_device
+from prune.collect.segments import BlockSegment, block_input
 from prune.fold import _set_bias, _set_weight, weight_matrix
-from prune.forward import forward_accepts
 from prune.repair.base import RepairError
+from prune.repair.refit_report import BlockRefit, RefitReport, refit_lines
 
 logger = logging.getLogger(__name__)
 
@@ -61,75 +61,6 @@ Weighting = Literal["mse", "token"]
 
 # Relative ridges (to the mean diagonal of the feature Gram), towards the current weights.
 REFIT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-
-
-@dataclass(frozen=True)
-class BlockRefit:
-    """One refitted down projection.
-
-    Attributes:
-        block: index of the block in the modified model.
-        target: index of the original block whose stream it tracks.
-        features: inputs of its down projection (plus 1 with a bias).
-        residual_before, residual_after: ``||S - S*||^2 / ||S*||^2`` on the calibration tokens, with the
-            weights as they were and after the refit (never larger).
-        ridge: relative ridge used.
-    """
-
-    block: int
-    target: int
-    features: int
-    residual_before: float
-    residual_after: float
-    ridge: float
-
-
-@dataclass
-class RefitReport:
-    """What `refit_model` did; `to_dict` for the pruning report and model card."""
-
-    blocks: list[BlockRefit] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
-    skipped: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tokens": self.tokens,
-            "seconds": round(self.seconds, 3),
-            "skipped": self.skipped,
-            "blocks": [asdict(b) for b in self.blocks],
-        }
-
-
-def refit_lines(refit: dict[str, Any] | None) -> list[str]:
-    """Markdown lines for a `RefitReport` dict (the pruning report and the model card).
-
-    Example:
-        >>> refit_lines({"tokens": 8, "seconds": 1.0, "skipped": None, "blocks": [
-        ...     {"block": 3, "target": 5, "features": 64, "residual_before": 0.2, "residual_after": 0.1,
-        ...      "ridge": 1.0}]})[0]
-        'Refit (error-correcting, training-free): 1 down projection(s) refitted so that the stream tracks the original model, on 8 calibration tokens in 1.0 s. Relative stream error ||S - S*||^2 / ||S*||^2 per block:'
-    """
-    if not refit:
-        return []
-    if refit.get("skipped"):
-        return [f"Refit: not applied ({refit['skipped']})."]
-    blocks = refit.get("blocks") or []
-    lines = [
-        f"Refit (error-correcting, training-free): {len(blocks)} down projection(s) refitted so that the "
-        f"stream tracks the original model, on {refit.get('tokens')} calibration tokens in "
-        f"{refit.get('seconds')} s. Relative stream error ||S - S*||^2 / ||S*||^2 per block:",
-        "",
-        "| block | tracks original block | features | error before | error after | ridge |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {b['block']} | {b['target']} | {b['features']} | {b['residual_before']:.4g} | "
-        f"{b['residual_after']:.4g} | {b['ridge']:g} |"
-        for b in blocks
-    ]
-    return lines
 
 
 def cut_correspondence(num_blocks: int, drop: Iterable[int]) -> list[int]:
@@ -151,95 +82,6 @@ def cut_correspondence(num_blocks: int, drop: Iterable[int]) -> list[int]:
             end += 1
         result.append(end)
     return result
-
-
-class _Segment:
-    """Run blocks ``first..last`` of a model alone on given hidden states, capturing some tensors.
-
-    The model is pointed at those blocks only for the duration of `run` (and back), its first block's
-    input is replaced by the given hidden states, and the forward stops after the last block.
-    """
-
-    def __init__(self, model: nn.Module, anatomy: Any, first: int, last: int) -> None:
-        self.model, self.anatomy, self.first, self.last = model, anatomy, first, last
-        self.extra = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
-
-    def run(self, batch: Any, hidden: Tensor, sites: dict[str, tuple[int, str, str]]) -> dict[str, Tensor]:
-        """Captured tensors by name (sites: name -> (block, module path, "input"|"output")), plus "out"."""
-        from prune.anatomy.spec import resolve_attr
-        from prune.collect.capture import _StopForward
-        from prune.surgery import _rewire
-
-        blocks = self.anatomy.blocks(self.model)
-        chosen = [blocks[i] for i in range(self.first, self.last + 1)]
-        captured: dict[str, Tensor] = {}
-        handles = []
-
-        def keep(name: str):
-            def output_hook(module, args, output):
-                captured[name] = (output if isinstance(output, Tensor) else output[0]).detach().clone()
-
-            def input_hook(module, args, kwargs):
-                value = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()), None))
-                captured[name] = value.detach().clone()
-
-            return output_hook, input_hook
-
-        def substitute(module, args, kwargs):
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
-
-        def stop(module, args, output):
-            captured["out"] = (output if isinstance(output, Tensor) else output[0]).detach().clone()
-            raise _StopForward
-
-        undo = _rewire(self.model, self.anatomy, list(range(self.first, self.last + 1)))
-        try:
-            handles.append(chosen[0].register_forward_pre_hook(substitute, with_kwargs=True))
-            for name, (block, path, io) in sites.items():
-                module = resolve_attr(blocks_of(chosen, self.first, block), path)
-                output_hook, input_hook = keep(name)
-                if io == "input":
-                    handles.append(module.register_forward_pre_hook(input_hook, with_kwargs=True))
-                else:
-                    handles.append(module.register_forward_hook(output_hook))
-            handles.append(chosen[-1].register_forward_hook(stop))
-            with torch.no_grad(), contextlib.suppress(_StopForward):
-                if isinstance(batch, dict):
-                    self.model(**batch, **self.extra)
-                else:
-                    self.model(batch, **self.extra)
-        finally:
-            for handle in handles:
-                handle.remove()
-            undo()
-        return captured
-
-
-def blocks_of(chosen: list[nn.Module], first: int, block: int) -> nn.Module:
-    return chosen[block - first]
-
-
-def _inputs_at(model: nn.Module, anatomy: Any, block: int, batch: Any) -> Tensor:
-    """The hidden state entering `block` (a normal forward, stopped there)."""
-    from prune.collect.capture import _StopForward
-
-    captured: list[Tensor] = []
-
-    def hook(module, args, kwargs):
-        value = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()), None))
-        captured.append(value.detach().clone())
-        raise _StopForward
-
-    extra = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
-    handle = anatomy.blocks(model)[block].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad(), contextlib.suppress(_StopForward):
-            model(**batch, **extra) if isinstance(batch, dict) else model(batch, **extra)
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def _solve(gram: Tensor, rhs: Tensor, current: Tensor, ridge: float, penalised: int) -> Tensor:
@@ -363,8 +205,8 @@ def refit_model(
         if remaining is not None:
             batch = rows_within_budget(batch, remaining, skip_tokens)
         batch = to_device(batch, device)
-        x = _inputs_at(modified, target_anatomy, start, batch)
-        y = _inputs_at(original, anatomy, corr[start - 1] + 1 if start > 0 else 0, batch)
+        x = block_input(modified, target_anatomy, start, batch)
+        y = block_input(original, anatomy, corr[start - 1] + 1 if start > 0 else 0, batch)
         mask = valid_mask(batch, x, remaining, skip_tokens)
         tokens += int(mask.sum())
         prepared.append((batch, mask))
@@ -384,9 +226,9 @@ def refit_model(
     for k in todo:
         # Advance both streams to the input of block k (blocks between refitted ones run unchanged).
         if k > cursor:
-            segment = _Segment(modified, target_anatomy, cursor, k - 1)
+            segment = BlockSegment(modified, target_anatomy, cursor, k - 1)
             xs = [segment.run(b, x, {})["out"] for (b, _), x in zip(prepared, xs, strict=True)]
-            segment = _Segment(original, anatomy, origin, corr[k - 1])
+            segment = BlockSegment(original, anatomy, origin, corr[k - 1])
             ys = [segment.run(b, y, {})["out"] for (b, _), y in zip(prepared, ys, strict=True)]
             cursor, origin = k, corr[k - 1] + 1
         origin_first = origin
@@ -408,8 +250,8 @@ def refit_model(
             if isinstance(gain, Tensor)
             else torch.ones(weight.shape[0], dtype=torch.float64)
         )
-        mine = _Segment(modified, target_anatomy, k, k)
-        theirs = _Segment(original, anatomy, origin_first, corr[k])
+        mine = BlockSegment(modified, target_anatomy, k, k)
+        theirs = BlockSegment(original, anatomy, origin_first, corr[k])
         halves: list[dict[str, Tensor]] = [{}, {}]
         next_ys: list[Tensor] = []
         for index, ((batch, mask), x, y) in enumerate(zip(prepared, xs, ys, strict=True)):
@@ -419,11 +261,12 @@ def refit_model(
             ref = theirs.run(batch, y, {"s": (corr[k], path, io)})
             next_ys.append(ref["out"])
             rows = mask.to(got["z"].device)
-            z, m, s, t = (_rows(v, rows) for v in (got["z"], got["m"], got["s"], ref["s"]))
+            named = (("z", got["z"]), ("m", got["m"]), ("s", got["s"]), ("s*", ref["s"]))
+            z, m, s, t = (site_rows(v, rows, name) for name, v in named)
             if post_norm:
                 # (weighing rows by 1/scale, the first-order error of the normalised output, measured
                 # worse on MiniLM: cut cosine mean 0.824 -> 0.813, squeeze 0.980 -> 0.967)
-                t, _ = _post_norm_target(t, _rows(ref["out"], rows), norm)
+                t, _ = _post_norm_target(t, site_rows(ref["out"], rows, "out"), norm)
             if has_bias:
                 z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
             d = t - s + m
@@ -500,12 +343,6 @@ def _post_norm_target(pre: Tensor, out: Tensor, norm: nn.Module | None) -> tuple
     gain = weight.detach().float()
     gain = torch.where(gain.abs() < 1e-12, torch.full_like(gain, 1e-12), gain)
     return mean + scale * shifted / gain, scale
-
-
-def _rows(value: Tensor, mask: Tensor) -> Tensor:
-    if value.dim() == 3:
-        return value[mask].float()
-    return value[mask.flatten()].float()  # OPT runs its MLP on [B*T, d]
 
 
 __all__ = [
