@@ -55,6 +55,7 @@ def add_option_flags(
     overrides_only: bool,
     positional: Sequence[str] | None = None,
     skip: Sequence[str] = (),
+    require: Sequence[str] = (),
     with_defaults: bool = False,
     title: str | None = None,
 ) -> None:
@@ -69,6 +70,7 @@ def add_option_flags(
         positional: fields given as positional arguments when ``overrides_only`` is False
             (default: ``("model",)`` when the model has that field).
         skip: fields not to expose as flags.
+        require: optional fields that this command requires all the same (``squeeze`` needs --ffn-keep).
         with_defaults: parsed values carry the fields' defaults instead of None (for commands that
             take no recipe, such as ``analyze``: then every field is in the namespace). Help texts and
             numeric bounds are the same either way.
@@ -94,7 +96,7 @@ def add_option_flags(
             continue
         group = sections[name]
         help_text = field.description or ""
-        required = field.is_required() and not overrides_only
+        required = (field.is_required() and not overrides_only) or name in require
         if overrides_only:
             help_text += " Overrides the recipe."
         elif not field.is_required():

@@ -33,10 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "print the explored configurations and the choice. `prune-llm MODEL --budget ... --out DIR` builds and "
         "saves the same choice.",
     )
-    add_option_flags(parser, overrides_only=False, skip=SKIPPED)
-    for action in parser._actions:
-        if action.dest == "budget":
-            action.required = True
+    add_option_flags(parser, overrides_only=False, skip=SKIPPED, require=("budget",))
     parser.add_argument("--json", action="store_true", help="Print the search as JSON instead of a table.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.set_defaults(func=run)

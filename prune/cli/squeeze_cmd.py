@@ -20,10 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "combination of the kept ones and fold it into the down projection (no fine-tuning). Evaluates "
         "before/after and saves a stock checkpoint with intermediate_size updated.",
     )
-    add_option_flags(parser, overrides_only=False, skip=DEPTH_FIELDS)
-    for action in parser._actions:
-        if action.dest == "ffn_keep":
-            action.required = True
+    add_option_flags(parser, overrides_only=False, skip=DEPTH_FIELDS, require=("ffn_keep",))
     parser.add_argument("--json", action="store_true", help="Print the report as JSON instead of a summary.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.set_defaults(func=run)
