@@ -21,7 +21,7 @@ from prune.repair import RepairError, repair_cut
 from prune.repair.refit import cut_correspondence, refit_model
 from prune.surgery import remove_blocks
 from tests.test_repair import Planted, _batches, _output
-from tests.tiny_models import auto_class, build_tiny, is_decoder, sample_input_ids
+from tests.tiny_models import assert_reloads_stock, auto_class, build_tiny
 
 
 class _PlantedBlock(Planted):
@@ -144,16 +144,7 @@ def test_refitted_model_reloads_with_stock_auto_class_and_generates_with_cache(f
     assert not torch.equal(refitted, repaired)
     for key, value in model.state_dict().items():  # the original (sharing its tensors) is untouched
         assert torch.equal(value, before[key]), key
-    pruned.save_pretrained(tmp_path)
-    reloaded = auto_class(family).from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(_output(reloaded, family), refitted, atol=1e-5, rtol=1e-5)
-    if is_decoder(family):
-        ids = sample_input_ids(family, length=6, batch=1)
-        kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
-        with torch.no_grad():
-            cached = reloaded.generate(ids, use_cache=True, **kwargs)
-            uncached = reloaded.generate(ids, use_cache=False, **kwargs)
-        assert torch.equal(cached, uncached)
+    assert_reloads_stock(pruned, family, tmp_path, refitted, lambda m: _output(m, family))
 
 
 def test_refit_skips_sandwich_blocks_and_checks_the_correspondence():

@@ -20,7 +20,13 @@ from prune.repair import REPAIRS, RepairError, get_repair, repair_cut
 from prune.repair.base import contiguous_spans
 from prune.repair.stage import SpanTask, fit_spans
 from prune.surgery import remove_blocks
-from tests.tiny_models import TINY_FAMILIES, auto_class, build_tiny, is_decoder, sample_input_ids
+from tests.tiny_models import (
+    TINY_FAMILIES,
+    assert_reloads_stock,
+    build_tiny,
+    is_decoder,
+    sample_input_ids,
+)
 
 DROP = (1, 3)  # two spans, each after a kept block: 0 | 1 cut | 2 | 3 cut | 4 5
 
@@ -152,16 +158,7 @@ def test_repaired_model_reloads_with_stock_auto_class_and_generates_with_cache(f
     assert not torch.equal(repaired, plain)  # something was folded
     for key, value in model.state_dict().items():  # the original (sharing its tensors) is untouched
         assert torch.equal(value, before[key]), key
-    pruned.save_pretrained(tmp_path)
-    reloaded = auto_class(family).from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(_output(reloaded, family), repaired, atol=1e-5, rtol=1e-5)
-    if is_decoder(family):
-        ids = sample_input_ids(family, length=6, batch=1)
-        kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
-        with torch.no_grad():
-            cached = reloaded.generate(ids, use_cache=True, **kwargs)
-            uncached = reloaded.generate(ids, use_cache=False, **kwargs)
-        assert torch.equal(cached, uncached)
+    assert_reloads_stock(pruned, family, tmp_path, repaired, lambda m: _output(m, family))
 
 
 def _junction_error(model, pruned, family, kept, end) -> float:

@@ -300,3 +300,23 @@ def sample_input_ids(family: str, length: int = 8, batch: int = 2, seed: int = 0
     """Random token ids that avoid the special ids (0-3) and the image tokens of multimodal configs."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(4, VOCAB - 4, (batch, length), generator=generator)
+
+
+def assert_reloads_stock(
+    model: torch.nn.Module, family: str, folder: Any, expected: torch.Tensor, output: Callable
+) -> None:
+    """Save `model` to `folder` and reload it with the stock Auto class of `family`.
+
+    The reloaded model's ``output(model)`` must equal `expected`, and, for decoders, greedy generation with
+    the KV cache must equal generation without it.
+    """
+    model.save_pretrained(folder)
+    reloaded = auto_class(family).from_pretrained(folder).eval()
+    torch.testing.assert_close(output(reloaded), expected, atol=1e-5, rtol=1e-5)
+    if is_decoder(family):
+        ids = sample_input_ids(family, length=6, batch=1)
+        kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+        with torch.no_grad():
+            cached = reloaded.generate(ids, use_cache=True, **kwargs)
+            uncached = reloaded.generate(ids, use_cache=False, **kwargs)
+        assert torch.equal(cached, uncached)
