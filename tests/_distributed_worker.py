@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from accelerate import Accelerator
 from test_distributed import cases, shard_for
 from test_metrics import ALL, tiny_llama
@@ -28,6 +29,10 @@ def main(out_dir: str) -> None:
         )
         stats.save(Path(out_dir) / f"rank{rank}_{case}.pt")
     accelerator.wait_for_everyone()
+    # Tear gloo down before the interpreter does: left to the exit handlers, a process sometimes aborts
+    # ("terminate called without an active exception") after its results are written, failing the run.
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
