@@ -242,6 +242,19 @@ def test_cut_at_block_zero_is_skipped_with_a_warning_by_linear_and_repaired_by_s
     assert report.spans[0].skipped is None and report.spans[0].kept_block is None
 
 
+def test_post_norm_cut_at_block_zero_is_a_plain_cut_with_a_warning_under_scale():
+    # A post-norm encoder folds alpha into the output LayerNorm of the block before the cut; at block 0
+    # there is none, so the span is skipped (it used to raise from deep inside the fold).
+    model = build_tiny("bert")
+    drop = (0,)
+    pruned = remove_blocks(model, drop)
+    plain = _output(pruned, "bert")
+    report = repair_cut(model, pruned, drop, _batches("bert"), method="scale", progress=False)
+    assert report.spans[0].skipped and "keep block 0" in report.warnings[0]
+    assert "--repair scale" not in report.warnings[0]
+    torch.testing.assert_close(_output(pruned, "bert"), plain)
+
+
 def test_none_and_unknown_methods():
     model = build_tiny("llama")
     pruned = remove_blocks(model, (2,))

@@ -143,6 +143,10 @@ class RepairMethod:
             )
         return mlp
 
+    def needs_kept(self, mlp: MlpAnatomy) -> bool:
+        """Whether a span of this model needs a kept block before it (a cut at block 0 is skipped)."""
+        return self.needs_kept_block
+
     def sites(self, mlp: MlpAnatomy, kept: int | None, end: int) -> dict[str, CaptureSite]:
         """Capture sites for a span after block `kept` (None: the model input) ending at block `end`."""
         raise NotImplementedError

@@ -14,7 +14,8 @@ Where it is folded:
   (Gemma: the post-attention and post-feedforward norms). The embeddings are never touched, so tied
   input/output embeddings stay tied, and a cut at block 0 is repaired too.
 - **post-norm encoders**: the stream is re-normalised by every block, so ``alpha`` goes into the output
-  LayerNorm of the last kept block (weight and bias).
+  LayerNorm of the last kept block (weight and bias). A cut at block 0 has no such block: that span
+  stays a plain cut, with a warning in the report.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class ScaleRepair(RepairMethod):
         if self.check(mlp).residual == "post_norm":
             return "one magnitude-ratio scalar folded into the output LayerNorm"
         return "one magnitude-ratio scalar (1/alpha) folded into every residual writer after the cut"
+
+    def needs_kept(self, mlp: MlpAnatomy) -> bool:
+        # A post-norm encoder's alpha goes into the output LayerNorm of the block before the cut.
+        return mlp.residual == "post_norm"
 
     def sites(self, mlp: MlpAnatomy, kept: int | None, end: int) -> dict[str, CaptureSite]:
         start = CaptureSite(0, io="input") if kept is None else CaptureSite(kept)

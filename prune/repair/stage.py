@@ -216,11 +216,13 @@ def repair_cut(
 
     spans: list[tuple[int, int]] = []
     for first, last in contiguous_spans(drop):
-        if first == 0 and chosen.needs_kept_block:
+        if first == 0 and chosen.needs_kept(mlp):
+            # scale repairs a cut at 0 everywhere but in post-norm encoders (no norm before block 0).
+            scale_can = mlp.residual != "post_norm" and chosen.name != "scale"
+            fix = "use --repair scale, which can, or keep block 0" if scale_can else "keep block 0"
             message = (
                 f"blocks {first}-{last} were cut with no kept block before them, so {chosen.name!r} has nowhere "
-                "to fold a map (the embeddings are left alone); that span is a plain cut. Use --repair scale, "
-                "which can repair it, or keep block 0."
+                f"to fold a map (the embeddings are left alone); that span is a plain cut. To repair it, {fix}."
             )
             logger.warning(message)
             report.warnings.append(message)
