@@ -280,3 +280,21 @@ def test_run_pruning_with_a_budget_on_a_model_the_user_holds(tiny_dir):
     ours = {p.data_ptr() for p in model.parameters()}
     assert not ours & {p.data_ptr() for p in result.model.parameters()}
     assert result.report["budget"]["chosen"]["params"] == parameter_count(result.model)
+
+
+def test_a_repair_warning_shared_by_many_candidates_is_logged_once(caplog):
+    # Cuts at block 0 cannot be repaired by `linear`; the search builds many of them, and the log used to
+    # repeat the same warning for each.
+    from prune.budget.build import CandidateBuilder, split_calibration
+    from prune.budget.search import Candidate
+
+    model = _peaked()
+    fit, held = split_calibration(_batches(model))
+    opts = PruneOptions(model="tiny", budget="params:1M")
+    builder = CandidateBuilder(opts, model, get_anatomy(model), "causal-lm", fit, held)
+    size = builder._d_ff()
+    with caplog.at_level("WARNING", logger="prune.repair.stage"):
+        for drop in [(0,), (2,), (0,)]:  # the cut cache holds the last cut only: (0,) is repaired twice
+            builder.build(Candidate(drop, size, 0, 0.0))
+    repeated = [r for r in caplog.records if "no kept block before them" in r.getMessage()]
+    assert len(repeated) == 1

@@ -87,6 +87,7 @@ class CandidateBuilder:
     _cut: tuple[tuple[int, ...], nn.Module, Any, dict | None] | None = field(
         default=None, init=False, repr=False
     )
+    _once: _SeenOnce = field(default_factory=lambda: _SeenOnce(), init=False, repr=False)
 
     def build(self, candidate: Candidate) -> Built:
         """Cut, repair and squeeze `candidate` (fitted on the fit part)."""
@@ -173,6 +174,9 @@ class CandidateBuilder:
         self._cut = None
         options = self.options
         cut = remove_blocks(self.original, drop, anatomy=self.anatomy, share_weights=True)
+        # many candidates share a span (e.g. one starting at block 0): say each repair warning once
+        repair_logger = logging.getLogger("prune.repair.stage")
+        repair_logger.addFilter(self._once)
         try:
             repair = repair_cut(
                 self.original,
@@ -191,6 +195,8 @@ class CandidateBuilder:
             if "repair" in options.model_fields_set:
                 raise
             repair = RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
+        finally:
+            repair_logger.removeFilter(self._once)
         stats = None
         size = self._d_ff()
         kept = self.anatomy.num_blocks - len(drop)
@@ -208,6 +214,21 @@ class CandidateBuilder:
             )
         self._cut = (drop, cut, repair, stats)
         return cut, repair, stats
+
+
+class _SeenOnce(logging.Filter):
+    """A logging filter that lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
 
 
 def _share_copy(model: nn.Module, block_path: str | None) -> nn.Module:
