@@ -182,27 +182,10 @@ def test_budget_conflicts_with_a_hand_target():
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A saved tiny Llama (4 blocks) with a word-level tokenizer, and a calibration text file."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.word_models import save_with_tokenizer, word_llama, write_word_text
 
-    from tests.test_eval_cli import _save
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=63,
-        pad_token_id=61,
-    )
-    folder = _save(LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny"))
-    g = torch.Generator().manual_seed(0)
-    lines = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (40,), generator=g)) for _ in range(40)]
-    text = tmp_path_factory.mktemp("data") / "calib.txt"
-    text.write_text("\n".join(lines) + "\n")
-    return folder, str(text)
+    folder = save_with_tokenizer(word_llama(max_position_embeddings=2048), tmp_path_factory.mktemp("tiny"))
+    return folder, write_word_text(tmp_path_factory.mktemp("data"), n=40, name="calib.txt")
 
 
 def _flags(text: str) -> list[str]:

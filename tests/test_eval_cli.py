@@ -9,46 +9,20 @@ import sys
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel
 
 from prune.cli.main import main
-
-
-def _tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {f"w{i}": i for i in range(60)} | {"[UNK]": 60, "[PAD]": 61, "[CLS]": 62, "</s>": 63}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>"
-    )
-
-
-def _save(model: torch.nn.Module, folder) -> str:
-    model.save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
-    return str(folder)
+from tests.word_models import save_with_tokenizer, word_llama
 
 
 @pytest.fixture(scope="module")
 def tiny_llama_dirs(tmp_path_factory):
     """A tiny causal LM and a copy with one block's MLP changed (a stand-in for a pruned model)."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=63,
-        pad_token_id=61,
-    )
-    model = LlamaForCausalLM(config)
-    original = _save(model, tmp_path_factory.mktemp("orig"))
+    model = word_llama(layers=2, max_position_embeddings=2048)
+    original = save_with_tokenizer(model, tmp_path_factory.mktemp("orig"))
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
-    changed = _save(model, tmp_path_factory.mktemp("changed"))
+    changed = save_with_tokenizer(model, tmp_path_factory.mktemp("changed"))
     return original, changed
 
 
@@ -128,7 +102,7 @@ def test_eval_encoder_with_a_probe(tmp_path, text_file, capsys):
         max_position_embeddings=64,
         pad_token_id=61,
     )
-    folder = _save(BertModel(config), tmp_path / "bert")
+    folder = save_with_tokenizer(BertModel(config), tmp_path / "bert")
     labelled = tmp_path / "labels.csv"
     labelled.write_text("text,label\n" + "".join(f"w{i % 10} w{i % 7},{i % 2}\n" for i in range(40)))
     argv = [

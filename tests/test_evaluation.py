@@ -15,12 +15,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -38,39 +36,19 @@ from prune.evaluation.probe import (
     train_logistic_probe,
 )
 from prune.evaluation.speed import size_metrics, speed_metrics, state_dict_bytes
+from tests.word_models import word_llama, word_texts, word_tokenizer
 
 VOCAB = 64
 
 
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over w0..w59 plus specials (ids 60-63), built in memory."""
-    vocab = {f"w{i}": i for i in range(60)} | {"[UNK]": 60, "[PAD]": 61, "[CLS]": 62, "</s>": 63}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>"
-    )
-
-
 def texts(n: int = 12, words: int = 40, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    return [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (words,), generator=g)) for _ in range(n)]
+    return word_texts(n, words, seed)
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=63,
-        pad_token_id=61,
-        tie_word_embeddings=True,
+    return word_llama(
+        layers=2, seed=seed, vocab_size=VOCAB, tie_word_embeddings=True, max_position_embeddings=2048
     )
-    return LlamaForCausalLM(config).eval()
 
 
 def tiny_bert_config(**kwargs) -> BertConfig:

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 from test_cka import reference_cka
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel, LlamaForCausalLM
 
 from prune.collect import CollectError, LayerStats, collect_stats
 from prune.metrics import METRICS, sums_for
+from tests.word_models import word_llama
 
 ALL = ("bi", "angular", "cka", "cka_io")
 
@@ -29,17 +30,7 @@ def tiny_bert() -> BertModel:
 
 
 def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=60,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return word_llama(vocab_size=60, eos_token_id=2, pad_token_id=None)
 
 
 def padded_batch(seed: int = 0) -> dict[str, torch.Tensor]:

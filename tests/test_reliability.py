@@ -13,63 +13,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 import prune
 from prune.cli.main import main
 from prune.errors import DataError, ModelNotFoundError, NumericalError, OutputError, TargetError
 from prune.options import PruneOptions
+from tests.word_models import save_with_tokenizer, word_llama, word_tokenizer, write_word_text
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"calib_samples": 4, "seq_len": 16, "batch_size": 2, "eval_samples": 4}
 FAST_FLAGS = ["--calib-samples", "4", "--seq-len", "16", "--batch-size", "2", "--eval-samples", "4"]
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {f"w{i}": i for i in range(60)} | {"[UNK]": 60, "[PAD]": 61, "[CLS]": 62, "</s>": 63}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>"
-    )
-
-
-def _llama(layers: int = 4) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=63,
-        pad_token_id=61,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def _save(model, folder: Path, tokenizer: bool = True) -> str:
-    model.save_pretrained(folder)
-    if tokenizer:
-        _tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory) -> str:
-    g = torch.Generator().manual_seed(0)
-    lines = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (40,), generator=g)) for _ in range(30)]
-    path = tmp_path_factory.mktemp("data") / "text.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return write_word_text(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> str:
-    return _save(_llama(), tmp_path_factory.mktemp("llama"))
+    return save_with_tokenizer(word_llama(), tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture
@@ -92,7 +56,7 @@ def _options(model: str, text: str, tmp_path: Path, **extra) -> PruneOptions:
 
 
 def test_folder_without_tokenizer_files_is_refused_and_nothing_saved(tmp_path, text_file):
-    folder = _save(_llama(), tmp_path / "no-tokenizer", tokenizer=False)
+    folder = save_with_tokenizer(word_llama(), tmp_path / "no-tokenizer", tokenizer=False)
     loaded = prune.load_model(folder, device="cpu", progress=False)
     assert loaded.tokenizer is None  # transformers' empty 5-token tokenizer is not used
     with pytest.raises(DataError, match="no usable tokenizer"):
@@ -106,15 +70,15 @@ def test_empty_tokenizer_is_detected_and_never_saved(tmp_path):
     from prune.checkpoint import tokenizer_problem
     from prune.output import save_model
 
-    folder = _save(
+    folder = save_with_tokenizer(
         BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)),
         tmp_path / "b",
         False,
     )
     empty = AutoTokenizer.from_pretrained(folder)  # what transformers builds from a bare config
-    assert tokenizer_problem(empty) is not None and tokenizer_problem(_tokenizer()) is None
+    assert tokenizer_problem(empty) is not None and tokenizer_problem(word_tokenizer()) is None
     with pytest.raises(DataError, match="refusing to save a tokenizer"):
-        save_model(_llama(), empty, tmp_path / "saved")
+        save_model(word_llama(), empty, tmp_path / "saved")
 
 
 def test_text_the_tokenizer_spells_as_unknown_tokens_is_refused():
@@ -122,15 +86,15 @@ def test_text_the_tokenizer_spells_as_unknown_tokens_is_refused():
 
     with pytest.raises(DataError, match=r"unknown token '\[UNK\]'"):
         make_batches(
-            _tokenizer(), ["plain English words"] * 4, seq_len=4, batch_size=2, num_samples=2, packed=True
+            word_tokenizer(), ["plain English words"] * 4, seq_len=4, batch_size=2, num_samples=2, packed=True
         )
 
 
 def test_nan_weight_is_named_with_its_block_in_every_command(tmp_path, text_file, capsys):
-    model = _llama()
+    model = word_llama()
     with torch.no_grad():
         model.model.layers[2].mlp.up_proj.weight[0, 0] = float("nan")
-    folder = _save(model, tmp_path / "nan")
+    folder = save_with_tokenizer(model, tmp_path / "nan")
     with pytest.raises(NumericalError, match=r"model\.layers\.2\.mlp\.up_proj\.weight \(block 2\)"):
         prune.load_model(folder, device="cpu", progress=False)
     for argv in (
@@ -145,12 +109,12 @@ def test_nan_weight_is_named_with_its_block_in_every_command(tmp_path, text_file
 def test_non_finite_activations_name_the_first_block(text_file):
     from prune.data import load_texts, make_batches
 
-    model = _llama()
+    model = word_llama()
     with torch.no_grad():  # finite weights whose product overflows float32 in block 1
         model.model.layers[1].mlp.down_proj.weight.fill_(3e38)
         model.model.layers[1].mlp.up_proj.weight.fill_(3e38)
     batches = make_batches(
-        _tokenizer(),
+        word_tokenizer(),
         load_texts(text_file, purpose="calib"),
         seq_len=8,
         batch_size=2,
@@ -170,7 +134,7 @@ def test_non_finite_activations_name_the_first_block(text_file):
 
 
 def test_config_with_more_blocks_than_the_weights_is_refused(tmp_path):
-    folder = Path(_save(_llama(layers=2), tmp_path / "m"))
+    folder = Path(save_with_tokenizer(word_llama(layers=2), tmp_path / "m"))
     config = json.loads((folder / "config.json").read_text())
     config["num_hidden_layers"] = 4  # two blocks would be random
     (folder / "config.json").write_text(json.dumps(config))
@@ -344,13 +308,13 @@ def test_every_evaluation_phase_shows_progress_and_latency_reuses_the_passes(tex
         raise AssertionError("latency was timed on passes of its own")
 
     monkeypatch.setattr(speed, "speed_metrics", no_dedicated_timing)
-    original = _llama()
+    original = word_llama()
     pruned = prune.remove_blocks(original, (1,))
     texts = load_texts(text_file, purpose="eval")
     result = compare_models(
         original,
         pruned,
-        _tokenizer(),
+        word_tokenizer(),
         kind="causal-lm",
         eval_texts=texts,
         seq_len=16,
@@ -494,7 +458,7 @@ def test_recipes_validate_names_the_file_once(tmp_path, capsys):
 
 
 def test_truncated_weights_file_is_one_clear_error(tmp_path):
-    folder = Path(_save(_llama(), tmp_path / "m"))
+    folder = Path(save_with_tokenizer(word_llama(), tmp_path / "m"))
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelNotFoundError, match="truncated or corrupt"):
@@ -530,12 +494,12 @@ def test_reference_with_another_vocabulary_is_refused(text_file):
     from prune.data import load_texts
     from prune.evaluation import compare_models
 
-    other = LlamaForCausalLM(LlamaConfig(**{**_llama().config.to_dict(), "vocab_size": 80})).eval()
+    other = LlamaForCausalLM(LlamaConfig(**{**word_llama().config.to_dict(), "vocab_size": 80})).eval()
     with pytest.raises(DataError, match="do not share a tokenizer"):
         compare_models(
             other,
-            _llama(),
-            _tokenizer(),
+            word_llama(),
+            word_tokenizer(),
             kind="causal-lm",
             eval_texts=load_texts(text_file, purpose="eval"),
             seq_len=16,

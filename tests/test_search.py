@@ -15,28 +15,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel, LlamaForCausalLM
 
 from prune.errors import PruneError
 from prune.plan import PlanError, SearchContext, plan_pruning
 from prune.surgery import remove_blocks
+from tests.word_models import word_llama
 
 NUM_LAYERS = 6
 IDENTITY = 2
 
 
 def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = word_llama(NUM_LAYERS, vocab_size=128, eos_token_id=2, pad_token_id=None)
     with torch.no_grad():
         model.model.layers[IDENTITY].self_attn.o_proj.weight.zero_()
         model.model.layers[IDENTITY].mlp.down_proj.weight.zero_()
