@@ -35,7 +35,8 @@ def collect(ctx: RunContext, *, metrics: tuple[str, ...] | None = None, **collec
         if getattr(options, "target", None) is None:  # width only: no depth statistics are needed
             ctx.stats, ctx.scores = None, {}
             return ctx
-        metrics = tuple(dict.fromkeys([*required_metrics(options.strategy, options.metric), *SCORE_METRICS]))
+        strategy = run_strategy(options, ctx.anatomy)
+        metrics = tuple(dict.fromkeys([*required_metrics(strategy, options.metric), *SCORE_METRICS]))
     logger.info("collecting %s over %d calibration batches", ", ".join(metrics), len(ctx.calib_batches))
     ctx.stats = collect_stats(
         ctx.original,
@@ -56,17 +57,50 @@ def collect(ctx: RunContext, *, metrics: tuple[str, ...] | None = None, **collec
     return ctx
 
 
+def run_strategy(options: Any, anatomy: Any) -> str:
+    """The strategy the run uses: ``options.strategy``, with ``auto`` resolved from the run's repair.
+
+    ``auto`` (the default) is ``span-repair`` when the run repairs with ``linear`` on a model whose MLP
+    placement is known, so that the cut is the span that is best after its repair, and ``span``
+    otherwise (`prune.plan.resolve_strategy`).
+
+    Example:
+        >>> from prune.options import PruneOptions
+        >>> run_strategy(PruneOptions(model="m", target="drop-1", repair="none"), anatomy=None)
+        'span'
+    """
+    from prune.errors import RepairError
+    from prune.plan import resolve_strategy
+    from prune.repair import get_repair
+
+    repair = getattr(options, "repair", "none")
+    mlp = getattr(anatomy, "mlp", None)
+    if repair == "linear":
+        try:
+            get_repair("linear").check(mlp)
+        except RepairError:
+            mlp = None  # no map can be fitted here: the repair stage falls back to the plain cut
+    return resolve_strategy(options.strategy, repair, mlp)
+
+
 def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = None) -> RunContext:
     """Choose the blocks to remove (``ctx.plan``) with the run's strategy, or the one named here.
 
     A strategy that evaluates the model (``get_strategy(name).needs_search``) gets a `SearchContext`
-    on the calibration batches, with the run's search objective and candidate count.
+    on the calibration batches, with the run's search objective and candidate count. The run's
+    ``auto`` is resolved here (`run_strategy`); ``ctx.options.strategy`` then names what was used, so
+    the report, the card, ``prune_recipe.yaml`` and the recorded command line say it, and the plan's
+    details keep ``strategy_requested: auto``. Where ``span-repair`` finds no span with a kept block
+    before it, ``auto`` falls back to ``span`` and says so in the plan's reason.
 
     Example:
         >>> plan(collect(calibrate(load(check(ctx))))).plan.drop  # doctest: +SKIP
         (1, 2)
     """
-    from prune.plan import Plan, get_strategy, plan_pruning
+    from dataclasses import replace
+
+    from prune.errors import PlanError
+    from prune.plan import AUTO, Plan, get_strategy, plan_pruning
 
     options = ctx.options
     if options.target is None:
@@ -74,30 +108,63 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
             ctx.anatomy.num_blocks, (), "none", None, "none", "no depth cut (width squeezing only)", {}
         )
         return ctx
-    strategy = strategy or options.strategy
+    asked = strategy or options.strategy
+    chosen = run_strategy(options.model_copy(update={"strategy": asked}), ctx.anatomy)
     metric = options.metric if metric is None else metric
-    search = None
-    if get_strategy(strategy).needs_search:
-        from prune.plan import SearchContext
 
-        search = SearchContext(
-            model=ctx.original,
-            batches=ctx.calib_batches,
-            kind=ctx.loaded.kind,
-            objective=options.search_objective,
-            candidates_per_step=options.search_candidates,
-            anatomy=ctx.anatomy,
+    def make(name: str):
+        search = None
+        if get_strategy(name).needs_search:
+            from prune.plan import SearchContext
+
+            search = SearchContext(
+                model=ctx.original,
+                batches=ctx.calib_batches,
+                kind=ctx.loaded.kind,
+                objective=options.search_objective,
+                candidates_per_step=options.search_candidates,
+                anatomy=ctx.anatomy,
+                progress=ctx.progress,
+            )
+        return plan_pruning(
+            ctx.scores,
+            ctx.anatomy.num_blocks,
+            options.target,
+            name,
+            metric=metric,
+            allow_last=options.allow_last,
+            seed=options.seed,
+            search=search,
         )
-    ctx.plan = plan_pruning(
-        ctx.scores,
-        ctx.anatomy.num_blocks,
-        options.target,
-        strategy,
-        metric=metric,
-        allow_last=options.allow_last,
-        seed=options.seed,
-        search=search,
-    )
+
+    fallback = None
+    try:
+        ctx.plan = make(chosen)
+    except PlanError as err:
+        if asked != AUTO or chosen == "span":
+            raise
+        fallback, chosen = str(err), "span"
+        ctx.plan = make(chosen)
+    if asked == AUTO:
+        why = f"auto chose {chosen}: " + (
+            "the run repairs with linear, so the cut is the span that is best after its repair"
+            if chosen == "span-repair"
+            else f"span-repair cannot choose here ({fallback})"
+            if fallback
+            else "the run fits no linear map (repair "
+            f"{getattr(options, 'repair', 'none')}), so the closest span is the best plain cut"
+        )
+        ctx.plan = replace(
+            ctx.plan,
+            reason=f"{ctx.plan.reason} ({why})",
+            details={"strategy_requested": AUTO, **ctx.plan.details},
+        )
+        if strategy is None:
+            from prune.stages.publish import command_for
+
+            ctx.options = options.model_copy(update={"strategy": chosen})
+            if ctx.command == command_for(options):  # the equivalent command of a Python run: say it
+                ctx.command = command_for(ctx.options)
     logger.info("plan: drop blocks %s (%s)", list(ctx.plan.drop), ctx.plan.reason)
     return ctx
 
