@@ -188,6 +188,12 @@ class PlanOptions(_Group):
         "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
         "last, random.",
     )
+    auto_candidates: str = Field(
+        default="span-repair,topk,cka",
+        description="With strategy auto and linear repair: the strategies whose cuts are compared, each "
+        "repaired with linear (one pass, no refit) and scored on the held-back calibration sequences; the "
+        "cut with the lowest loss is made. 'span-repair' alone skips the comparison.",
+    )
     metric: str | None = Field(
         default=None,
         description="Score the strategy ranks by: bi, angular or cka for topk and iterative; angular or cka "

@@ -45,12 +45,20 @@ def test_the_default_run_cuts_the_span_best_after_repair_and_records_it(
     out = tmp_path / "out"
     result = run_pruning(_options(tiny_llama_folder, word_text_file, out=str(out)), progress=False)
     plan = result.report["plan"]
-    assert plan["strategy"] == "span-repair" and plan["details"]["strategy_requested"] == "auto"
-    assert "auto chose span-repair" in plan["reason"] and plan["details"]["candidates"]
+    details = plan["details"]
+    assert details["strategy_requested"] == "auto" and plan["strategy"] in ("span-repair", "topk", "cka")
+    assert f"auto chose {plan['strategy']}" in plan["reason"]
     # what was used is what the recipe, the recorded command line and the card say
-    assert yaml.safe_load((out / "prune_recipe.yaml").read_text())["strategy"] == "span-repair"
-    assert "--strategy span-repair" in result.report["command"]
-    assert "`span-repair`" in (out / "README.md").read_text()
+    assert yaml.safe_load((out / "prune_recipe.yaml").read_text())["strategy"] == plan["strategy"]
+    assert f"--strategy {plan['strategy']}" in result.report["command"]
+    assert f"`{plan['strategy']}`" in (out / "README.md").read_text()
+
+
+def test_auto_without_the_comparison_is_span_repair(tiny_llama_folder, word_text_file):
+    options = _options(tiny_llama_folder, word_text_file, auto_candidates="span-repair")
+    plan = run_pruning(options, progress=False).report["plan"]
+    assert plan["strategy"] == "span-repair" and "auto_candidates" not in plan["details"]
+    assert "auto chose span-repair" in plan["reason"] and plan["details"]["candidates"]
 
 
 def test_repair_none_keeps_the_plain_span(tiny_llama_folder, word_text_file):
@@ -100,8 +108,8 @@ def _harmful(monkeypatch) -> None:
 
 def test_the_guard_keeps_the_plain_cut_when_the_repair_hurts(tiny_llama_folder, word_text_file, monkeypatch):
     _harmful(monkeypatch)
-    ctx = _context(tiny_llama_folder, word_text_file)
-    assert ctx.plan.strategy == "span-repair" and ctx.plan.drop[0] > 0  # a map goes into a kept block
+    ctx = _context(tiny_llama_folder, word_text_file, strategy="span-repair")
+    assert ctx.plan.drop[0] > 0  # a map goes into a kept block
     plain = _logits(stages.refine._plain_cut(ctx, share_weights=True), ctx.guard_batches)
     ctx = stages.repair(ctx)
     guard = ctx.repair.guard
@@ -126,25 +134,43 @@ def test_the_guard_keeps_the_plain_cut_when_the_repair_hurts(tiny_llama_folder, 
 def test_the_guard_keeps_a_repair_that_helps_and_can_be_turned_off(
     tiny_llama_folder, word_text_file, monkeypatch
 ):
-    ctx = stages.repair(_context(tiny_llama_folder, word_text_file))
+    ctx = stages.repair(_context(tiny_llama_folder, word_text_file, strategy="span-repair"))
     guard = ctx.repair.guard
     assert guard is not None and (guard["kept"] == "repaired") == (
         guard["loss_repaired"] <= guard["loss_plain"]
     )
 
     _harmful(monkeypatch)
-    ctx = _context(tiny_llama_folder, word_text_file, repair_guard=False)
-    assert not ctx.guard_batches  # nothing is held back when nothing is guarded
+    ctx = _context(tiny_llama_folder, word_text_file, strategy="span-repair", repair_guard=False)
+    assert not ctx.guard_batches  # nothing is held back when nothing needs it
     ctx = stages.repair(ctx)
     assert ctx.repair.guard is None and ctx.repair.applied
 
 
 def test_held_back_sequences_leave_the_calibration_batches_as_they_were(tiny_llama_folder, word_text_file):
     guarded = _context(tiny_llama_folder, word_text_file)
-    unguarded = _context(tiny_llama_folder, word_text_file, repair_guard=False)
+    unguarded = _context(tiny_llama_folder, word_text_file, strategy="span", repair_guard=False)
     assert len(guarded.guard_batches) == 1 and not unguarded.guard_batches
     for a, b in zip(guarded.calib_batches, unguarded.calib_batches, strict=True):
         assert torch.equal(a["input_ids"], b["input_ids"])
     calib = torch.cat([b["input_ids"] for b in guarded.calib_batches])
     held = guarded.guard_batches[0]["input_ids"]
     assert not any(torch.equal(row, other) for row in held for other in calib)
+
+
+def test_auto_makes_the_candidate_cut_that_is_best_after_repair(tiny_llama_folder, word_text_file):
+    from prune.plan import Plan
+    from prune.repair.guard import rank_repaired_cuts
+    from prune.stages.depth import _best_repaired_cut
+
+    ctx = _context(tiny_llama_folder, word_text_file, auto_candidates="span-repair,last,topk")
+    first = Plan(4, (1,), "span-repair", "angular", "drop-1", "closest", {})
+    made = {"last": Plan(4, (2,), "last", None, "drop-1", "last", {}), "topk": first}
+    chosen, compared = _best_repaired_cut(ctx, first, lambda name: made[name])
+    assert [c["blocks"] for c in compared] == [[1], [2]]  # topk's cut is span-repair's: compared once
+    losses = rank_repaired_cuts(
+        ctx.original, ctx.anatomy, [(1,), (2,)], ctx.calib_batches, ctx.guard_batches, "causal-lm"
+    )
+    assert [c["held_back_loss"] for c in compared] == pytest.approx(losses, rel=1e-5)
+    assert chosen.drop == ((1,) if losses[0] <= losses[1] else (2,))
+    assert losses != pytest.approx([losses[1], losses[0]])  # the two cuts really differ

@@ -147,8 +147,67 @@ def guard_repair(
     )
 
 
+def rank_repaired_cuts(
+    original: nn.Module,
+    anatomy: Any,
+    drops: Sequence[tuple[int, ...]],
+    batches: Sequence[dict],
+    held: Sequence[dict],
+    kind: str,
+    *,
+    method: str = "linear",
+    objective: str = "mse",
+    max_tokens: int | None = None,
+    skip_tokens: int = 0,
+) -> list[float]:
+    """The held-back loss of each cut in `drops` after its repair (fitted on `batches`, one pass per cut).
+
+    Each cut is a weight-sharing copy of `original` repaired with `method` in one pass (every span fitted
+    on the original; no refit), scored with `held_back_loss` on `held`. The repair-aware default
+    (`prune.stages.depth.plan`) ranks the cuts of several strategies with it.
+
+    Returns:
+        One loss per cut, in the order of `drops` (lower is better).
+
+    Example:
+        >>> rank_repaired_cuts(model, anatomy, [(3, 4), (2, 5)], batches, held, "causal-lm")  # doctest: +SKIP
+        [3.91, 4.02]
+    """
+    from prune.repair.stage import repair_cut
+    from prune.surgery import remove_blocks
+
+    reference = reference_outputs(original, held, kind)
+    losses = []
+    for drop in drops:
+        cut = remove_blocks(original, drop, anatomy=anatomy, share_weights=True)
+        repair_cut(
+            original,
+            cut,
+            drop,
+            batches,
+            method=method,
+            anatomy=anatomy,
+            order="one-pass",
+            objective=objective,  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            skip_tokens=skip_tokens,
+            progress=False,
+        )
+        losses.append(held_back_loss(cut, held, kind, reference))
+        del cut
+    return losses
+
+
 def _exp(loss: float) -> float:
     return float(f"{math.exp(loss):.6g}") if loss < 700 else math.inf
 
 
-__all__ = ["GUARDED_KINDS", "GuardResult", "guard_repair", "held_back_loss", "outputs", "reference_outputs"]
+__all__ = [
+    "GUARDED_KINDS",
+    "GuardResult",
+    "guard_repair",
+    "held_back_loss",
+    "outputs",
+    "rank_repaired_cuts",
+    "reference_outputs",
+]

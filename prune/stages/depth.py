@@ -146,18 +146,28 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
         fallback, chosen = str(err), "span"
         ctx.plan = make(chosen)
     if asked == AUTO:
-        why = f"auto chose {chosen}: " + (
-            "the run repairs with linear, so the cut is the span that is best after its repair"
-            if chosen == "span-repair"
-            else f"span-repair cannot choose here ({fallback})"
-            if fallback
-            else "the run fits no linear map (repair "
-            f"{getattr(options, 'repair', 'none')}), so the closest span is the best plain cut"
-        )
+        compared: list[dict] = []
+        if chosen == "span-repair" and ctx.guard_batches:
+            ctx.plan, compared = _best_repaired_cut(ctx, ctx.plan, make)
+            chosen = ctx.plan.strategy
+        if fallback:
+            why = f"span-repair cannot choose here ({fallback})"
+        elif chosen == "span":
+            repair = getattr(options, "repair", "none")
+            why = f"the run fits no linear map (repair {repair}), so the closest span is the best plain cut"
+        else:
+            why = "the run repairs with linear, so the cut is the one that is best after its repair"
+        if compared:
+            shown = ", ".join(f"{c['strategy']} {c['blocks']} {c['held_back_loss']:.4g}" for c in compared)
+            why += f"; held-back calibration loss of each candidate's cut after linear repair: {shown}"
         ctx.plan = replace(
             ctx.plan,
-            reason=f"{ctx.plan.reason} ({why})",
-            details={"strategy_requested": AUTO, **ctx.plan.details},
+            reason=f"{ctx.plan.reason} (auto chose {chosen}: {why})",
+            details={
+                "strategy_requested": AUTO,
+                **({"auto_candidates": compared} if compared else {}),
+                **ctx.plan.details,
+            },
         )
         if strategy is None:
             from prune.stages.publish import command_for
@@ -167,6 +177,52 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
                 ctx.command = command_for(ctx.options)
     logger.info("plan: drop blocks %s (%s)", list(ctx.plan.drop), ctx.plan.reason)
     return ctx
+
+
+def _best_repaired_cut(ctx: RunContext, first: Any, make: Any) -> tuple[Any, list[dict]]:
+    """Of the cuts of ``auto_candidates`` (`first` is span-repair's), the one best after linear repair.
+
+    Each distinct cut is repaired with ``linear`` in one pass (no refit) and scored on the held-back
+    calibration sequences (`prune.repair.guard.rank_repaired_cuts`); ties keep the earlier candidate.
+    """
+    from prune.errors import PlanError
+    from prune.repair.guard import GUARDED_KINDS, rank_repaired_cuts
+
+    options = ctx.options
+    names = [n.strip() for n in options.auto_candidates.split(",") if n.strip()]
+    if ctx.loaded.kind not in GUARDED_KINDS or len(names) < 2:
+        return first, []
+    plans = {first.drop: first}
+    for name in names:
+        if name == first.strategy:
+            continue
+        try:
+            candidate = make(name)
+        except PlanError as err:  # e.g. a metric this strategy cannot rank by: not a candidate
+            logger.info("auto: %s is not a candidate (%s)", name, err)
+            continue
+        plans.setdefault(candidate.drop, candidate)
+    if len(plans) < 2:
+        return first, []
+    drops = list(plans)
+    losses = rank_repaired_cuts(
+        ctx.original,
+        ctx.anatomy,
+        drops,
+        ctx.calib_batches,
+        ctx.guard_batches,
+        ctx.loaded.kind,
+        objective=options.repair_objective,
+        max_tokens=options.max_tokens,
+        skip_tokens=options.skip_tokens,
+    )
+    compared = [
+        {"strategy": plans[d].strategy, "blocks": list(d), "held_back_loss": float(f"{loss:.6g}")}
+        for d, loss in zip(drops, losses, strict=True)
+    ]
+    best = min(range(len(drops)), key=lambda i: (losses[i], i))
+    logger.info("auto: repaired cuts on held-back data: %s", compared)
+    return plans[drops[best]], compared
 
 
 def cut(ctx: RunContext) -> RunContext:
