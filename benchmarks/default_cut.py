@@ -160,6 +160,7 @@ def run(args) -> None:
                 "blocks": list(ctx.plan.drop),
                 **{k: quality[k] for k in keys},
                 "guard": ctx.repair.guard,
+                "auto_candidates": ctx.plan.details.get("auto_candidates"),
                 "refit": ctx.repair.refit is not None,
                 "plan_s": round(plan_s, 1),
                 "repair_s": round(repair_s, 1),
@@ -170,7 +171,8 @@ def run(args) -> None:
                 f"drop {drop} {label:12s} {row['strategy']:12s} blocks {row['blocks']} "
                 + " ".join(f"{k} {row[k]:.4f}" for k in keys)
                 + (
-                    f" guard kept {guard['kept']} ({guard['loss_plain']:.4f} plain / {guard['loss_repaired']:.4f})"
+                    f" guard kept {guard['kept']} ({guard['loss_plain']:.4f} plain / {guard['loss_repaired']:.4f},"
+                    f" {guard['seconds']:.1f} s)"
                     if guard
                     else ""
                 )

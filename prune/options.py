@@ -182,17 +182,19 @@ class PlanOptions(_Group):
     )
     strategy: str = Field(
         default="auto",
-        description="How blocks are chosen: auto (the default: span-repair when the run repairs with linear, "
-        "span with --repair none/scale or where no map can be fitted), span (contiguous blocks with the smallest angular distance), "
+        description="How blocks are chosen: auto (the default: when the run repairs with linear, the cut that is "
+        "best after repair among span-repair's, topk's, cka's and span's (--auto-candidates), each scored on "
+        "held-back calibration sequences; span with --repair none/scale or where no map can be fitted), "
+        "span (contiguous blocks with the smallest angular distance), "
         "topk (independent blocks with the lowest score), span-repair (the closest spans refitted: the one with the lowest error after linear repair), cka (RedTest: the blocks whose output is most "
         "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
         "last, random.",
     )
     auto_candidates: str = Field(
-        default="span-repair,topk,cka",
+        default="span-repair,topk,cka,span",
         description="With strategy auto and linear repair: the strategies whose cuts are compared, each "
-        "repaired with linear (one pass, no refit) and scored on the held-back calibration sequences; the "
-        "cut with the lowest loss is made. 'span-repair' alone skips the comparison.",
+        "scored plain and repaired with linear (one pass, no refit) on the held-back calibration sequences; "
+        "the cut whose better form has the lowest loss is made. 'span-repair' alone skips the comparison.",
     )
     metric: str | None = Field(
         default=None,

@@ -46,7 +46,12 @@ def test_the_default_run_cuts_the_span_best_after_repair_and_records_it(
     result = run_pruning(_options(tiny_llama_folder, word_text_file, out=str(out)), progress=False)
     plan = result.report["plan"]
     details = plan["details"]
-    assert details["strategy_requested"] == "auto" and plan["strategy"] in ("span-repair", "topk", "cka")
+    assert details["strategy_requested"] == "auto" and plan["strategy"] in (
+        "span-repair",
+        "topk",
+        "cka",
+        "span",
+    )
     assert f"auto chose {plan['strategy']}" in plan["reason"]
     # what was used is what the recipe, the recorded command line and the card say
     assert yaml.safe_load((out / "prune_recipe.yaml").read_text())["strategy"] == plan["strategy"]
@@ -171,6 +176,20 @@ def test_auto_makes_the_candidate_cut_that_is_best_after_repair(tiny_llama_folde
     losses = rank_repaired_cuts(
         ctx.original, ctx.anatomy, [(1,), (2,)], ctx.calib_batches, ctx.guard_batches, "causal-lm"
     )
-    assert [c["held_back_loss"] for c in compared] == pytest.approx(losses, rel=1e-5)
-    assert chosen.drop == ((1,) if losses[0] <= losses[1] else (2,))
-    assert losses != pytest.approx([losses[1], losses[0]])  # the two cuts really differ
+    assert [(c["plain"], c["repaired"]) for c in compared] == [
+        pytest.approx(pair, rel=1e-5) for pair in losses
+    ]
+    better = [min(pair) for pair in losses]
+    assert [c["held_back_loss"] for c in compared] == pytest.approx(better, rel=1e-5)
+    assert chosen.drop == ((1,) if better[0] <= better[1] else (2,))
+    assert better[0] != pytest.approx(better[1])  # the two cuts really differ
+
+
+def test_a_one_pass_repair_of_a_cut_at_block_0_only_is_the_plain_cut(tiny_llama_folder, word_text_file):
+    from prune.repair import repair_cut
+    from prune.surgery import remove_blocks
+
+    ctx = _context(tiny_llama_folder, word_text_file)
+    pruned = remove_blocks(ctx.original, [0], anatomy=ctx.anatomy, share_weights=True)
+    report = repair_cut(ctx.original, pruned, [0], ctx.calib_batches, order="one-pass", progress=False)
+    assert [s.skipped is not None for s in report.spans] == [True] and report.warnings

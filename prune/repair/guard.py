@@ -159,19 +159,19 @@ def rank_repaired_cuts(
     objective: str = "mse",
     max_tokens: int | None = None,
     skip_tokens: int = 0,
-) -> list[float]:
-    """The held-back loss of each cut in `drops` after its repair (fitted on `batches`, one pass per cut).
+) -> list[tuple[float, float]]:
+    """The held-back loss of each cut in `drops`, plain and after its repair (fitted on `batches`).
 
-    Each cut is a weight-sharing copy of `original` repaired with `method` in one pass (every span fitted
-    on the original; no refit), scored with `held_back_loss` on `held`. The repair-aware default
-    (`prune.stages.depth.plan`) ranks the cuts of several strategies with it.
+    Each cut is a weight-sharing copy of `original`, scored with `held_back_loss` on `held` as it is
+    and after `method` is folded in (one pass, every span fitted on the original; no refit). The
+    repair-aware default (`prune.stages.depth.plan`) ranks the cuts of several strategies with it.
 
     Returns:
-        One loss per cut, in the order of `drops` (lower is better).
+        One (plain loss, repaired loss) per cut, in the order of `drops` (lower is better).
 
     Example:
         >>> rank_repaired_cuts(model, anatomy, [(3, 4), (2, 5)], batches, held, "causal-lm")  # doctest: +SKIP
-        [3.91, 4.02]
+        [(4.35, 3.91), (4.40, 4.02)]
     """
     from prune.repair.stage import repair_cut
     from prune.surgery import remove_blocks
@@ -180,6 +180,7 @@ def rank_repaired_cuts(
     losses = []
     for drop in drops:
         cut = remove_blocks(original, drop, anatomy=anatomy, share_weights=True)
+        plain = held_back_loss(cut, held, kind, reference)
         repair_cut(
             original,
             cut,
@@ -193,7 +194,7 @@ def rank_repaired_cuts(
             skip_tokens=skip_tokens,
             progress=False,
         )
-        losses.append(held_back_loss(cut, held, kind, reference))
+        losses.append((plain, held_back_loss(cut, held, kind, reference)))
         del cut
     return losses
 

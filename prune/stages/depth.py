@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from prune.stages.context import RunContext
@@ -90,8 +91,11 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
     on the calibration batches, with the run's search objective and candidate count. The run's
     ``auto`` is resolved here (`run_strategy`); ``ctx.options.strategy`` then names what was used, so
     the report, the card, ``prune_recipe.yaml`` and the recorded command line say it, and the plan's
-    details keep ``strategy_requested: auto``. Where ``span-repair`` finds no span with a kept block
-    before it, ``auto`` falls back to ``span`` and says so in the plan's reason.
+    details keep ``strategy_requested: auto``. When ``auto`` is ``span-repair`` and the run holds back
+    calibration sequences (``ctx.guard_batches``), the cuts of ``auto_candidates`` (span-repair, topk,
+    cka) are each repaired with ``linear`` and scored on them, and the best is made
+    (``details["auto_candidates"]`` has every loss). Where ``span-repair`` finds no span with a kept
+    block before it, ``auto`` falls back to ``span`` and says so in the plan's reason.
 
     Example:
         >>> plan(collect(calibrate(load(check(ctx))))).plan.drop  # doctest: +SKIP
@@ -147,9 +151,11 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
         ctx.plan = make(chosen)
     if asked == AUTO:
         compared: list[dict] = []
+        started = time.perf_counter()
         if chosen == "span-repair" and ctx.guard_batches:
             ctx.plan, compared = _best_repaired_cut(ctx, ctx.plan, make)
             chosen = ctx.plan.strategy
+        compare_seconds = round(time.perf_counter() - started, 3)
         if fallback:
             why = f"span-repair cannot choose here ({fallback})"
         elif chosen == "span":
@@ -159,13 +165,13 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
             why = "the run repairs with linear, so the cut is the one that is best after its repair"
         if compared:
             shown = ", ".join(f"{c['strategy']} {c['blocks']} {c['held_back_loss']:.4g}" for c in compared)
-            why += f"; held-back calibration loss of each candidate's cut after linear repair: {shown}"
+            why += f"; held-back calibration loss of each candidate's cut, the better of plain and linear-repaired: {shown}"
         ctx.plan = replace(
             ctx.plan,
             reason=f"{ctx.plan.reason} (auto chose {chosen}: {why})",
             details={
                 "strategy_requested": AUTO,
-                **({"auto_candidates": compared} if compared else {}),
+                **({"auto_candidates": compared, "auto_seconds": compare_seconds} if compared else {}),
                 **ctx.plan.details,
             },
         )
@@ -182,8 +188,11 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
 def _best_repaired_cut(ctx: RunContext, first: Any, make: Any) -> tuple[Any, list[dict]]:
     """Of the cuts of ``auto_candidates`` (`first` is span-repair's), the one best after linear repair.
 
-    Each distinct cut is repaired with ``linear`` in one pass (no refit) and scored on the held-back
-    calibration sequences (`prune.repair.guard.rank_repaired_cuts`); ties keep the earlier candidate.
+    Each distinct cut is scored on the held-back calibration sequences plain and repaired with
+    ``linear`` in one pass (no refit; `prune.repair.guard.rank_repaired_cuts`); the cut whose better
+    form has the lowest loss is made (the repair guard then keeps that form), ties to the earlier
+    candidate. The plain ``span`` is a candidate so that where repair hurts (post-norm encoders) the
+    best plain cut can win.
     """
     from prune.errors import PlanError
     from prune.repair.guard import GUARDED_KINDS, rank_repaired_cuts
@@ -217,10 +226,17 @@ def _best_repaired_cut(ctx: RunContext, first: Any, make: Any) -> tuple[Any, lis
         skip_tokens=options.skip_tokens,
     )
     compared = [
-        {"strategy": plans[d].strategy, "blocks": list(d), "held_back_loss": float(f"{loss:.6g}")}
-        for d, loss in zip(drops, losses, strict=True)
+        {
+            "strategy": plans[d].strategy,
+            "blocks": list(d),
+            "held_back_loss": float(f"{min(plain, repaired):.6g}"),
+            "plain": float(f"{plain:.6g}"),
+            "repaired": float(f"{repaired:.6g}"),
+        }
+        for d, (plain, repaired) in zip(drops, losses, strict=True)
     ]
-    best = min(range(len(drops)), key=lambda i: (losses[i], i))
+    # a cut is as good as the better of its plain and repaired forms: the guard keeps that one later
+    best = min(range(len(drops)), key=lambda i: (min(losses[i]), i))
     logger.info("auto: repaired cuts on held-back data: %s", compared)
     return plans[drops[best]], compared
 
