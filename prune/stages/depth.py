@@ -91,10 +91,10 @@ def plan(ctx: RunContext, *, strategy: str | None = None, metric: str | None = N
     on the calibration batches, with the run's search objective and candidate count. The run's
     ``auto`` is resolved here (`run_strategy`); ``ctx.options.strategy`` then names what was used, so
     the report, the card, ``prune_recipe.yaml`` and the recorded command line say it, and the plan's
-    details keep ``strategy_requested: auto``. When ``auto`` is ``span-repair`` and the run holds back
-    calibration sequences (``ctx.guard_batches``), the cuts of ``auto_candidates`` (span-repair, topk,
-    cka) are each repaired with ``linear`` and scored on them, and the best is made
-    (``details["auto_candidates"]`` has every loss). Where ``span-repair`` finds no span with a kept
+    details keep ``strategy_requested: auto``. When ``auto`` is ``span-repair``, the run holds back
+    calibration sequences (``ctx.guard_batches``) and ``auto_candidates`` names several strategies (it
+    does not by default), their cuts are scored on them plain and repaired with ``linear`` and the best
+    is made (``details["auto_candidates"]`` has every loss). Where ``span-repair`` finds no span with a kept
     block before it, ``auto`` falls back to ``span`` and says so in the plan's reason.
 
     Example:

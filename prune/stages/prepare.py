@@ -106,8 +106,8 @@ GUARD_FRACTION = 0.25
 
 
 def guard_samples(options: Any) -> int:
-    """How many held-back sequences the run needs (0: none): for the repair guard, and for the default
-    strategy ``auto``, which compares repaired cuts on them.
+    """How many held-back sequences the run needs (0: none): for the repair guard, and for strategy
+    ``auto`` with several ``auto_candidates`` (it compares their repaired cuts on them).
 
     Example:
         >>> from prune.options import PruneOptions
@@ -117,7 +117,13 @@ def guard_samples(options: Any) -> int:
         0
     """
     guarded = (
-        (getattr(options, "repair_guard", False) or getattr(options, "strategy", None) == "auto")
+        (
+            getattr(options, "repair_guard", False)
+            or (
+                getattr(options, "strategy", None) == "auto"
+                and "," in getattr(options, "auto_candidates", "")
+            )
+        )
         and getattr(options, "target", None) is not None
         and getattr(options, "repair", "none") != "none"
         and getattr(options, "budget", None) is None  # the budget search holds back its own quarter
