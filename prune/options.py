@@ -239,6 +239,13 @@ class RepairOptions(_Group):
         description="Refit only this many blocks from the first junction on (default: every block after it; "
         "each costs about one forward of a block over the calibration tokens).",
     )
+    refit_attention: bool = Field(
+        default=False,
+        description="The refit also refits each pre-norm block's attention output projection (o_proj, GPT-2 "
+        "attn.c_proj, OPT out_proj, NeoX/Falcon dense) first, so that the stream after the attention residual "
+        "tracks the original's, then the down projection on the updated activations (post-norm encoders keep "
+        "the down-only refit).",
+    )
 
 
 class WidthOptions(_Group):

@@ -162,3 +162,17 @@ def test_attention_refitted_cut_reloads_with_stock_auto_class(family, tmp_path):
     )
     assert any(b["projection"] == "attention" for b in report.refit["blocks"])
     assert_reloads_stock(pruned, family, tmp_path, _output(pruned, family), lambda m: _output(m, family))
+
+
+def test_the_refit_attention_flag_reaches_the_report(tiny_llama_folder, word_text_file, tmp_path):
+    from prune.cli.main import main
+    from tests.test_stages import FAST_FLAGS, _report
+
+    out = tmp_path / "out"
+    flags = ["--target", "drop-1", "--strategy", "span", "--calib", word_text_file, "--eval", "none"]
+    assert (
+        main([tiny_llama_folder, *flags, *FAST_FLAGS, "--refit-attention", "--out", str(out), "--quiet"]) == 0
+    )
+    refit = _report(out)["repair"]["refit"]
+    assert refit is not None and {b["projection"] for b in refit["blocks"]} == {"attention", "down"}
+    assert "| attention |" in (out / "README.md").read_text()
