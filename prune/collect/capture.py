@@ -196,6 +196,37 @@ def site_rows(value: Tensor, mask: Tensor, name: str) -> Tensor:
     )
 
 
+def _add_increments(
+    totals: dict[str, Tensor],
+    sums: Sequence[SiteSum],
+    captured: dict[str, Tensor],
+    mask: Tensor,
+    last_use: Mapping[str, int],
+) -> None:
+    """Add one batch's increment of every sum to the float64 `totals`, one sum at a time.
+
+    Each site's valid rows are taken when a sum first needs them and freed, with the captured tensor,
+    after the last sum that reads them; each increment is added as soon as it is computed. Building every
+    site's rows and every increment first (as this loop once did) held about three copies of the
+    captured activations at once, and the increments stayed alive through the next batch's forward
+    pass: the FFN statistics of SmolLM2 grew from 1.2 to 1.9 GB between one and two batches.
+    """
+    rows: dict[str, Tensor] = {}
+    for index, entry in enumerate(sums):
+        for site in entry.sites:
+            if site not in rows:
+                rows[site] = site_rows(captured.pop(site), mask, site)
+        inc = entry.update(*(rows[site] for site in entry.sites)).detach().double().cpu()
+        if entry.name in totals:
+            totals[entry.name].add_(inc)
+        else:
+            totals[entry.name] = inc
+        del inc
+        for site in entry.sites:
+            if last_use[site] == index:
+                rows.pop(site, None)
+
+
 def collect_site_sums(
     model: nn.Module,
     batches: Iterable[Any],
@@ -293,6 +324,8 @@ def collect_site_sums(
     extra = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     hooks = _SiteHooks(blocks, sites)
+    # the last sum that reads each site: its captured tensor and rows are freed after that sum
+    last_use = {site: i for i, entry in enumerate(sums) for site in entry.sites}
     bar = None
     if progress and (accelerator is None or accelerator.is_main_process):
         from tqdm.auto import tqdm
@@ -329,14 +362,11 @@ def collect_site_sums(
                     some = next(iter(hooks.captured.values()))
                     reference = torch.empty((*ids.shape[:2], 0), device=some.device)
                 mask = valid_mask(batch, reference, remaining, skip_tokens)
-                rows = {name: site_rows(value, mask, name) for name, value in hooks.captured.items()}
-                hooks.captured = {}
-                increments = {s.name: s.update(*(rows[site] for site in s.sites)) for s in sums}
-                del rows
-                for name, inc in increments.items():
-                    inc = inc.detach().double().cpu()
-                    totals[name] = inc if name not in totals else totals[name].add_(inc)
+                del reference
                 tokens += int(mask.sum())
+                _add_increments(totals, sums, hooks.captured, mask, last_use)
+                hooks.captured = {}
+                del mask
                 consumed = index + 1
                 if bar is not None:
                     bar.update(1)
