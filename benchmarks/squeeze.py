@@ -13,7 +13,9 @@ depth alone at about the same parameter count. Prints a Markdown table and write
 
 A method entry METHOD:refit also refits every block's down projection of the squeezed model towards the
 dense model's residual stream afterwards (`prune.repair.refit`, on the same calibration batches);
-METHOD:refit:attn refits each block's attention output projection first. --calib-loss also reports the
+METHOD:refit:attn refits each block's attention output projection first; METHOD:ridge=R squeezes with
+relative ridge R instead of --ridge; METHOD:seq takes each block's statistics on the model with the
+blocks before it already squeezed (one calibration pass per block) instead of all on the dense model. --calib-loss also reports the
 perplexity on the calibration windows themselves (the tokens fitted), so that overfitting shows.
 """
 
@@ -106,8 +108,10 @@ def main() -> None:
                 calib,
                 keep=keep,
                 method=method,
-                ridge=args.ridge,
-                stats=stats,
+                ridge=next((float(o[6:]) for o in options if o.startswith("ridge=")), args.ridge),
+                # seq: statistics block by block on the model already squeezed before it (one pass each)
+                stats=None if "seq" in options else stats,
+                block_group=1 if "seq" in options else None,
                 energy_levels=(),
                 progress=False,
             )
