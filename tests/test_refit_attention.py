@@ -164,15 +164,30 @@ def test_attention_refitted_cut_reloads_with_stock_auto_class(family, tmp_path):
     assert_reloads_stock(pruned, family, tmp_path, _output(pruned, family), lambda m: _output(m, family))
 
 
-def test_the_refit_attention_flag_reaches_the_report(tiny_llama_folder, word_text_file, tmp_path):
+def test_the_default_refit_of_a_cut_refits_attention_and_the_card_says_so(
+    tiny_llama_folder, word_text_file, tmp_path
+):
     from prune.cli.main import main
     from tests.test_stages import FAST_FLAGS, _report
 
     out = tmp_path / "out"
     flags = ["--target", "drop-1", "--strategy", "span", "--calib", word_text_file, "--eval", "none"]
-    assert (
-        main([tiny_llama_folder, *flags, *FAST_FLAGS, "--refit-attention", "--out", str(out), "--quiet"]) == 0
-    )
+    assert main([tiny_llama_folder, *flags, *FAST_FLAGS, "--out", str(out), "--quiet"]) == 0
     refit = _report(out)["repair"]["refit"]
     assert refit is not None and {b["projection"] for b in refit["blocks"]} == {"attention", "down"}
     assert "| attention |" in (out / "README.md").read_text()
+
+
+def test_no_refit_attention_is_a_recipe_key_and_a_flag():
+    import argparse
+
+    from prune.cli.flags import add_option_flags, options_from_args
+    from prune.options import PruneOptions
+
+    assert PruneOptions(model="m", target="drop-1").refit_attention is True
+    parser = argparse.ArgumentParser()
+    add_option_flags(parser, overrides_only=True)
+    options = options_from_args(
+        parser.parse_args(["--model", "m", "--target", "drop-1", "--no-refit-attention"])
+    )
+    assert options.refit_attention is False

@@ -22,6 +22,18 @@ block). Where the sum is taken depends on the residual placement (`prune.anatomy
 - **sandwich** (Gemma2/3): the post-MLP norm normalises the down projection's output, so no refit of its
   weights is linear in the target; these families are left as they are (the report says so).
 
+**Attention output** (``attention=True``, `RepairOptions.refit_attention`), pre-norm blocks only: before
+the down projection, block k's attention output projection (``o_proj``; GPT-2 ``attn.c_proj``, OPT
+``out_proj``, NeoX/Falcon ``dense``: the family file's ``attention_out``) is refitted the same way, its
+input being the features and the target the original's *mid-state* ``h_in* + A*`` (the stream after the
+attention residual, i.e. what the post-attention norm sees; in a parallel block, NeoX and Falcon, it is
+the same split of the block output, which the down refit then completes). It is folded before the down
+projection's statistics are taken, so the MLP is refitted on the activations the new attention output
+gives. A block standing for a cut span tracks the mid-state of its own original block (``own``, the
+default), or that of the first cut block (``next``), or keeps its attention (``skip``):
+`JunctionAttention`. Post-norm blocks normalise the attention sum before the MLP reads it, so they
+keep the down-only refit (``RefitReport.attention_skipped`` says so).
+
 Blocks are refitted in order and each refit is folded before the next block's statistics are taken,
 so each one corrects the error that really reaches it. The refit needs one forward of each refitted
 block and of the corresponding original blocks per pass, not of the whole model: both models' hidden
