@@ -38,7 +38,7 @@ from prune.anatomy.spec import resolve_attr
 from prune.collect.batches import budgeted_batches, process_share, state_file_for, valid_mask
 from prune.collect.collector import _input_device
 from prune.collect.stats import CollectError, atomic_torch_save, read_state
-from prune.errors import AnatomyError
+from prune.errors import AnatomyError, DataError
 from prune.forward import forward_accepts
 from prune.sizes import parameter_count
 
@@ -131,6 +131,9 @@ class _StopForward(Exception):
 class _SiteHooks:
     def __init__(self, blocks: nn.ModuleList, sites: Mapping[str, CaptureSite]) -> None:
         self.captured: dict[str, Tensor] = {}
+        self.seen: set[str] = set()
+        # called with a site's name as soon as it is captured (the sums consume it during the forward pass)
+        self.on_capture: Callable[[str], None] | None = None
         self._handles = []
         for name, site in sites.items():
             if not 0 <= site.block < len(blocks):
@@ -154,13 +157,20 @@ class _SiteHooks:
     def _keep(self, name: str, value: Any) -> None:
         if not isinstance(value, Tensor):
             raise AnatomyError(f"capture site {name!r} produced a {type(value).__name__}, not a tensor")
-        if name in self.captured:
+        if name in self.seen:
             raise AnatomyError(
                 f"capture site {name!r} ran twice in one forward pass (a module reused?); name another module"
             )
+        self.seen.add(name)
         # A copy: the model may add into the tensor it returned (Falcon's MLP output gets the attention
-        # output added in place), and the sums are taken after the forward pass.
+        # output added in place), and a sum may wait for another site.
         self.captured[name] = value.detach().clone()
+        if self.on_capture is not None:
+            self.on_capture(name)
+
+    def reset(self) -> None:
+        """Forget the last forward pass's captures."""
+        self.captured, self.seen = {}, set()
 
     def _input_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -196,35 +206,63 @@ def site_rows(value: Tensor, mask: Tensor, name: str) -> Tensor:
     )
 
 
-def _add_increments(
-    totals: dict[str, Tensor],
-    sums: Sequence[SiteSum],
-    captured: dict[str, Tensor],
-    mask: Tensor,
-    last_use: Mapping[str, int],
-) -> None:
-    """Add one batch's increment of every sum to the float64 `totals`, one sum at a time.
+class _BatchSums:
+    """Adds one batch's increment of every sum to the float64 `totals` as soon as its sites are captured.
 
-    Each site's valid rows are taken when a sum first needs them and freed, with the captured tensor,
-    after the last sum that reads them; each increment is added as soon as it is computed. Building every
-    site's rows and every increment first (as this loop once did) held about three copies of the
-    captured activations at once, and the increments stayed alive through the next batch's forward
-    pass: the FFN statistics of SmolLM2 grew from 1.2 to 1.9 GB between one and two batches.
+    Called from the capture hooks during the forward pass: each sum is computed once all its sites are
+    in, added at once, and each site's tensor and rows are freed after the last sum that reads them. So
+    only the sites a sum still waits for are held, not every site of the batch: for the FFN statistics
+    (one site per block, read by its own Gram and column sum) one block's activations at a time. Holding
+    every site's activations, rows and increments until the end of the forward pass, as this once did,
+    took the FFN statistics of SmolLM2 from 1205 to 1912 MiB above the process between one and two
+    batches (benchmarks/README.md).
     """
-    rows: dict[str, Tensor] = {}
-    for index, entry in enumerate(sums):
-        for site in entry.sites:
-            if site not in rows:
-                rows[site] = site_rows(captured.pop(site), mask, site)
-        inc = entry.update(*(rows[site] for site in entry.sites)).detach().double().cpu()
-        if entry.name in totals:
-            totals[entry.name].add_(inc)
-        else:
-            totals[entry.name] = inc
-        del inc
-        for site in entry.sites:
-            if last_use[site] == index:
-                rows.pop(site, None)
+
+    def __init__(
+        self, totals: dict[str, Tensor], sums: Sequence[SiteSum], captured: dict[str, Tensor], mask: Tensor
+    ) -> None:
+        self.totals, self.captured, self.mask = totals, captured, mask
+        self.todo = list(sums)
+        self.readers: dict[str, int] = {}
+        for entry in sums:
+            for site in entry.sites:
+                self.readers[site] = self.readers.get(site, 0) + 1
+        self.rows: dict[str, Tensor] = {}
+
+    def ready(self, _name: str | None = None) -> None:
+        """Compute every sum whose sites are all captured (`_name`: the site just captured)."""
+        have = set(self.captured) | set(self.rows)
+        done = [entry for entry in self.todo if all(site in have for site in entry.sites)]
+        if not done:
+            return
+        # the float64 totals want float32 products, not the autocast dtype of the forward pass
+        with torch.autocast(self.mask.device.type, enabled=False):
+            for entry in done:
+                for site in entry.sites:
+                    if site not in self.rows:
+                        self.rows[site] = site_rows(self.captured.pop(site), self.mask, site)
+                inc = entry.update(*(self.rows[site] for site in entry.sites)).detach().double().cpu()
+                if entry.name in self.totals:
+                    self.totals[entry.name].add_(inc)
+                else:
+                    self.totals[entry.name] = inc
+                del inc
+                self.todo.remove(entry)
+                for site in entry.sites:
+                    self.readers[site] -= 1
+                    if self.readers[site] == 0:
+                        self.rows.pop(site, None)
+
+
+def _token_shape(batch: Any) -> tuple[int, ...] | None:
+    """[B, T] of a batch, read off its mask or ids (None when it has neither)."""
+    if isinstance(batch, Tensor):
+        return tuple(batch.shape[:2]) if batch.dim() >= 2 else None
+    for key in ("attention_mask", "input_ids", "inputs_embeds"):
+        value = batch.get(key)
+        if isinstance(value, Tensor) and value.dim() >= 2:
+            return tuple(value.shape[:2])
+    return None
 
 
 def collect_site_sums(
@@ -324,8 +362,6 @@ def collect_site_sums(
     extra = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     hooks = _SiteHooks(blocks, sites)
-    # the last sum that reads each site: its captured tensor and rows are freed after that sum
-    last_use = {site: i for i, entry in enumerate(sums) for site in entry.sites}
     bar = None
     if progress and (accelerator is None or accelerator.is_main_process):
         from tqdm.auto import tqdm
@@ -342,31 +378,41 @@ def collect_site_sums(
                 skip_tokens=skip_tokens,
                 device=device,
             ):
-                hooks.captured = {}
-                with autocast(), contextlib.suppress(_StopForward):
-                    if isinstance(batch, dict):
-                        model(**batch, **extra)
-                    else:
-                        model(batch, **extra)
-                missing = [name for name in sites if name not in hooks.captured]
+                hooks.reset()
+                shape = _token_shape(batch)
+                pending = None
+                if shape is not None:  # the mask is known before the forward pass: sum during it
+                    mask = valid_mask(batch, torch.empty((*shape, 0), device=device), remaining, skip_tokens)
+                    pending = _BatchSums(totals, sums, hooks.captured, mask)
+                    hooks.on_capture = pending.ready
+                try:
+                    with autocast(), contextlib.suppress(_StopForward):
+                        if isinstance(batch, dict):
+                            model(**batch, **extra)
+                        else:
+                            model(batch, **extra)
+                finally:
+                    hooks.on_capture = None
+                missing = [name for name in sites if name not in hooks.seen]
                 if missing:
                     raise AnatomyError(
                         f"the forward pass did not run capture sites {missing} "
                         f"({', '.join(sites[m].describe() for m in missing)}); name modules the model runs"
                     )
-                reference = next((v for v in hooks.captured.values() if v.dim() == 3), None)
-                if (
-                    reference is None
-                ):  # every site flattened (OPT's MLP runs on [B*T, d]): shape from the batch
-                    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
-                    some = next(iter(hooks.captured.values()))
-                    reference = torch.empty((*ids.shape[:2], 0), device=some.device)
-                mask = valid_mask(batch, reference, remaining, skip_tokens)
-                del reference
+                if pending is None:
+                    reference = next((v for v in hooks.captured.values() if v.dim() == 3), None)
+                    if reference is None:
+                        raise DataError(
+                            "a calibration batch has no attention_mask, input_ids or inputs_embeds and no "
+                            "capture site keeps [batch, tokens, features]; pass dict batches with input_ids"
+                        )
+                    mask = valid_mask(batch, reference, remaining, skip_tokens)
+                    del reference
+                    pending = _BatchSums(totals, sums, hooks.captured, mask)
+                    pending.ready()
                 tokens += int(mask.sum())
-                _add_increments(totals, sums, hooks.captured, mask, last_use)
-                hooks.captured = {}
-                del mask
+                hooks.reset()
+                del mask, pending
                 consumed = index + 1
                 if bar is not None:
                     bar.update(1)
