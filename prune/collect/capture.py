@@ -8,7 +8,8 @@ later. A *capture site* names such a tensor (a block, a module inside it, its in
 ``X^T Y``, column sums, ...). `collect_site_sums` runs the calibration batches once, hooks only the
 sites asked for, stops the forward pass after the deepest block any site needs, and keeps nothing but
 the sums between batches: memory is the size of the sums (O(d^2) per Gram), whatever the number of
-tokens.
+tokens. Within a batch, each sum is added as soon as its sites are captured, during the forward pass,
+and a site is freed after its last sum, so only the activations a sum still waits for are held.
 
 Products are computed per batch in float32 on the activations' device (the one O(n d^2) step) and added
 to float64 totals on the CPU; padding and skipped tokens are excluded with the same mask and token
