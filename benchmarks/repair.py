@@ -14,7 +14,8 @@ relative (token-relative objective), ridge=R (fixed relative ridge instead of th
 skip=N (leave the first N tokens of each window out of the fit), refit (then refit the down projections of
 the kept blocks from the junction on towards the original's stream, `prune.repair.refit`), refit=N (only
 the first N blocks from the junction on), rweight=token / rridge=R / rskip=N (the refit's weighting,
-fixed ridge, leading tokens left out).
+fixed ridge, leading tokens left out), attn / attn=own|next|skip (also refit each block's attention output
+projection first, towards the original's mid-state; at the junction block as said, default own).
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ def _measure(model, tokenizer, kind, anatomy, plan, method, calib, eval_texts, s
             refit_options["ridge"] = float(value)
         elif key == "rskip":
             refit_options["skip_tokens"] = int(value)
+        elif key == "attn":
+            refit_options["attention"] = True
+            if value:
+                refit_options["junction_attention"] = value
         else:
             raise SystemExit(f"unknown method option {opt!r}")
     pruned = remove_blocks(model, plan.drop, anatomy=anatomy, share_weights=True)

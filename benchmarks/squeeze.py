@@ -12,7 +12,11 @@ depth alone at about the same parameter count. Prints a Markdown table and write
     python benchmarks/squeeze.py smollm2-135m --keeps 0.75 --methods squeeze,squeeze:refit,wanda
 
 A method entry METHOD:refit also refits every block's down projection of the squeezed model towards the
-dense model's residual stream afterwards (`prune.repair.refit`, on the same calibration batches).
+dense model's residual stream afterwards (`prune.repair.refit`, on the same calibration batches);
+METHOD:refit:attn refits each block's attention output projection first; METHOD:ridge=R squeezes with
+relative ridge R instead of --ridge; METHOD:seq takes each block's statistics on the model with the
+blocks before it already squeezed (one calibration pass per block) instead of all on the dense model. --calib-loss also reports the
+perplexity on the calibration windows themselves (the tokens fitted), so that overfitting shows.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ def main() -> None:
         help="TARGET_A:KEEP:TARGET_B: compare 'cut to TARGET_A then squeeze to KEEP' with 'cut to TARGET_B'",
     )
     parser.add_argument("--json-out", default=None, help="write the rows as JSON to this file")
+    parser.add_argument(
+        "--calib-loss", action="store_true", help="also the perplexity on the calibration windows"
+    )
+    parser.add_argument(
+        "--no-kl", action="store_true", help="no KL to the dense model (halves the evaluation)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -76,9 +86,13 @@ def main() -> None:
     )
 
     def measure(candidate) -> dict:
-        return evaluate_model(
-            candidate, tokenizer, kind=kind, texts=texts, reference=model, settings=settings
+        reference = None if args.no_kl and kind == "causal-lm" else model
+        values = evaluate_model(
+            candidate, tokenizer, kind=kind, texts=texts, reference=reference, settings=settings
         )
+        if args.calib_loss and kind == "causal-lm":
+            values["calib_perplexity"] = _batch_perplexity(candidate, calib)
+        return values
 
     dense = measure(model)
     start = time.perf_counter()
@@ -87,25 +101,29 @@ def main() -> None:
     rows = [{"method": "(dense)", "keep": 1.0, **dense}]
     for keep in [float(k) for k in args.keeps.split(",")]:
         for entry in args.methods.split(","):
-            method, _, option = entry.partition(":")
+            method, *options = entry.split(":")
             start = time.perf_counter()
             result = squeeze_model(
                 model,
                 calib,
                 keep=keep,
                 method=method,
-                ridge=args.ridge,
-                stats=stats,
+                ridge=next((float(o[6:]) for o in options if o.startswith("ridge=")), args.ridge),
+                # seq: statistics block by block on the model already squeezed before it (one pass each)
+                stats=None if "seq" in options else stats,
+                block_group=1 if "seq" in options else None,
                 energy_levels=(),
                 progress=False,
             )
             seconds = time.perf_counter() - start
             refit_s, refit = None, None
-            if option == "refit":
+            if "refit" in options:
                 from prune.repair.refit import refit_model
 
                 start = time.perf_counter()
-                refit = refit_model(model, result.model, calib, anatomy=anatomy).to_dict()
+                refit = refit_model(
+                    model, result.model, calib, anatomy=anatomy, attention="attn" in options
+                ).to_dict()
                 refit_s = time.perf_counter() - start
             errors = [b.error for b in result.report.blocks]
             rows.append(
@@ -158,7 +176,33 @@ def _depth_vs_width(args, model, calib, anatomy, measure) -> list[dict]:
     return rows
 
 
-COLUMNS = ("perplexity", "kl_mean", "cosine_mean", "probe_accuracy", "params", "latency_ms")
+def _batch_perplexity(model, batches) -> float:
+    """exp(mean next-token NLL) over the valid tokens of the calibration batches."""
+    import math
+
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(**batch, use_cache=False).logits[:, :-1].float()
+            labels = batch["input_ids"][:, 1:]
+            valid = batch["attention_mask"][:, 1:].bool()
+            nll = torch.nn.functional.cross_entropy(logits[valid], labels[valid], reduction="sum")
+            total, count = total + float(nll), count + int(valid.sum())
+            del logits
+    return math.exp(total / max(count, 1))
+
+
+COLUMNS = (
+    "perplexity",
+    "calib_perplexity",
+    "kl_mean",
+    "cosine_mean",
+    "probe_accuracy",
+    "params",
+    "latency_ms",
+)
 
 
 def _row(row: dict, dense: dict | None) -> str:

@@ -38,7 +38,13 @@ def main() -> None:
     )
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per speed figure")
+    parser.add_argument(
+        "--stages",
+        default="forward,repair,ffn,surgery,speed",
+        help="comma-separated subset of forward,repair,ffn,surgery,speed to measure",
+    )
     args = parser.parse_args()
+    stages = set(args.stages.split(","))
     out = Path(args.out or f"benchmarks/results/stages_{args.model}.json")
 
     import torch
@@ -110,8 +116,9 @@ def main() -> None:
                 model(**batch, use_cache=False)
 
     for budget in budgets:
-        measure("forward (bare, LM head included)", budget, lambda b=budget: bare(b))
-        for method in ("linear", "scale"):
+        if "forward" in stages:
+            measure("forward (bare, LM head included)", budget, lambda b=budget: bare(b))
+        for method in ("linear", "scale") if "repair" in stages else ():
             pruned = remove_blocks(model, drop, anatomy=anatomy, share_weights=True)
             measure(
                 f"repair {method} (statistics + fit, blocks {first}-{last})",
@@ -121,13 +128,18 @@ def main() -> None:
                 ),
             )
             del pruned
-        measure(
-            f"FFN statistics, all {anatomy.num_blocks} blocks",
-            budget,
-            lambda b=budget: collect_ffn_stats(
-                model, calib, anatomy, list(range(anatomy.num_blocks)), max_tokens=b, progress=False
-            ),
-        )
+        if "ffn" in stages:
+            measure(
+                f"FFN statistics, all {anatomy.num_blocks} blocks",
+                budget,
+                lambda b=budget: collect_ffn_stats(
+                    model, calib, anatomy, list(range(anatomy.num_blocks)), max_tokens=b, progress=False
+                ),
+            )
+    if not stages & {"surgery", "speed"}:
+        results.save()
+        print(f"wrote {out}")
+        return
 
     cut = measure(
         "surgery (remove_blocks, shared weights)",

@@ -120,3 +120,28 @@ def test_bad_sites_and_sums_are_refused():
         collect_site_sums(
             model, _batches(1), {"x": CaptureSite(1, "mlp.nope")}, [gram("a", "x")], progress=False
         )
+
+
+def test_site_sums_hold_only_the_sites_a_sum_still_waits_for(monkeypatch):
+    """Each sum is added as soon as its sites are in: one block's activations at a time for per-block
+    Grams (all of them at once took the FFN statistics of SmolLM2 from 1.2 to 1.9 GB)."""
+    from prune.collect import capture
+
+    model = build_tiny("llama")
+    held: list[int] = []
+    ready = capture._BatchSums.ready
+
+    def spy(self, name=None):
+        held.append(len(self.captured) + len(self.rows))
+        ready(self, name)
+
+    monkeypatch.setattr(capture._BatchSums, "ready", spy)
+    sites = {f"a{b}": CaptureSite(b, "mlp.down_proj", "input") for b in range(6)}
+    sums = [s for b in range(6) for s in (gram(f"g{b}", f"a{b}"), column_sum(f"s{b}", f"a{b}"))]
+    # a cross sum waits for its second site: block 0's activations are held until block 5's arrive
+    sums.append(cross("x05", "a0", "a5"))
+    stats = collect_site_sums(model, _batches(), sites, sums, progress=False)
+    assert held and max(held) <= 2
+    reference = collect_site_sums(model, _batches(), sites, sums[:-1], progress=False)
+    for name, value in reference.sums.items():
+        torch.testing.assert_close(stats.sums[name], value)

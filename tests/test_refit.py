@@ -188,7 +188,7 @@ def test_squeeze_with_refit_tracks_the_dense_model_and_reloads(tmp_path):
     torch.testing.assert_close(
         _output(reloaded, family), _output(refitted.model, family), atol=1e-5, rtol=1e-5
     )
-    with pytest.raises(ValueError, match="reference"):
+    with pytest.raises(RepairError, match="reference="):
         squeeze_model(copy.deepcopy(model), batches, keep=0.5, progress=False, inplace=True, refit=True)
 
 

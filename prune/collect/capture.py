@@ -8,7 +8,8 @@ later. A *capture site* names such a tensor (a block, a module inside it, its in
 ``X^T Y``, column sums, ...). `collect_site_sums` runs the calibration batches once, hooks only the
 sites asked for, stops the forward pass after the deepest block any site needs, and keeps nothing but
 the sums between batches: memory is the size of the sums (O(d^2) per Gram), whatever the number of
-tokens.
+tokens. Within a batch, each sum is added as soon as its sites are captured, during the forward pass,
+and a site is freed after its last sum, so only the activations a sum still waits for are held.
 
 Products are computed per batch in float32 on the activations' device (the one O(n d^2) step) and added
 to float64 totals on the CPU; padding and skipped tokens are excluded with the same mask and token
@@ -35,10 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from prune.anatomy.spec import resolve_attr
+from prune.collect.batch_sums import _BatchSums, _token_shape, site_rows
 from prune.collect.batches import budgeted_batches, process_share, state_file_for, valid_mask
 from prune.collect.collector import _input_device
 from prune.collect.stats import CollectError, atomic_torch_save, read_state
-from prune.errors import AnatomyError
+from prune.errors import AnatomyError, DataError
 from prune.forward import forward_accepts
 from prune.sizes import parameter_count
 
@@ -131,6 +133,9 @@ class _StopForward(Exception):
 class _SiteHooks:
     def __init__(self, blocks: nn.ModuleList, sites: Mapping[str, CaptureSite]) -> None:
         self.captured: dict[str, Tensor] = {}
+        self.seen: set[str] = set()
+        # called with a site's name as soon as it is captured (the sums consume it during the forward pass)
+        self.on_capture: Callable[[str], None] | None = None
         self._handles = []
         for name, site in sites.items():
             if not 0 <= site.block < len(blocks):
@@ -154,13 +159,20 @@ class _SiteHooks:
     def _keep(self, name: str, value: Any) -> None:
         if not isinstance(value, Tensor):
             raise AnatomyError(f"capture site {name!r} produced a {type(value).__name__}, not a tensor")
-        if name in self.captured:
+        if name in self.seen:
             raise AnatomyError(
                 f"capture site {name!r} ran twice in one forward pass (a module reused?); name another module"
             )
+        self.seen.add(name)
         # A copy: the model may add into the tensor it returned (Falcon's MLP output gets the attention
-        # output added in place), and the sums are taken after the forward pass.
+        # output added in place), and a sum may wait for another site.
         self.captured[name] = value.detach().clone()
+        if self.on_capture is not None:
+            self.on_capture(name)
+
+    def reset(self) -> None:
+        """Forget the last forward pass's captures."""
+        self.captured, self.seen = {}, set()
 
     def _input_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -182,18 +194,6 @@ class _SiteHooks:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def site_rows(value: Tensor, mask: Tensor, name: str) -> Tensor:
-    """The valid tokens of a captured [B, T, d] (or flattened [B*T, d]) tensor, float32 [n, d]."""
-    if value.dim() == 3 and tuple(value.shape[:2]) == tuple(mask.shape):
-        return value[mask.to(value.device)].float()
-    if value.dim() == 2 and value.shape[0] == mask.numel():
-        return value[mask.to(value.device).flatten()].float()
-    raise AnatomyError(
-        f"capture site {name!r} has shape {tuple(value.shape)}, which does not line up with the batch's "
-        f"{tuple(mask.shape)} tokens; capture a module that keeps one row per token"
-    )
 
 
 def collect_site_sums(
@@ -309,34 +309,41 @@ def collect_site_sums(
                 skip_tokens=skip_tokens,
                 device=device,
             ):
-                hooks.captured = {}
-                with autocast(), contextlib.suppress(_StopForward):
-                    if isinstance(batch, dict):
-                        model(**batch, **extra)
-                    else:
-                        model(batch, **extra)
-                missing = [name for name in sites if name not in hooks.captured]
+                hooks.reset()
+                shape = _token_shape(batch)
+                pending = None
+                if shape is not None:  # the mask is known before the forward pass: sum during it
+                    mask = valid_mask(batch, torch.empty((*shape, 0), device=device), remaining, skip_tokens)
+                    pending = _BatchSums(totals, sums, hooks.captured, mask)
+                    hooks.on_capture = pending.ready
+                try:
+                    with autocast(), contextlib.suppress(_StopForward):
+                        if isinstance(batch, dict):
+                            model(**batch, **extra)
+                        else:
+                            model(batch, **extra)
+                finally:
+                    hooks.on_capture = None
+                missing = [name for name in sites if name not in hooks.seen]
                 if missing:
                     raise AnatomyError(
                         f"the forward pass did not run capture sites {missing} "
                         f"({', '.join(sites[m].describe() for m in missing)}); name modules the model runs"
                     )
-                reference = next((v for v in hooks.captured.values() if v.dim() == 3), None)
-                if (
-                    reference is None
-                ):  # every site flattened (OPT's MLP runs on [B*T, d]): shape from the batch
-                    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
-                    some = next(iter(hooks.captured.values()))
-                    reference = torch.empty((*ids.shape[:2], 0), device=some.device)
-                mask = valid_mask(batch, reference, remaining, skip_tokens)
-                rows = {name: site_rows(value, mask, name) for name, value in hooks.captured.items()}
-                hooks.captured = {}
-                increments = {s.name: s.update(*(rows[site] for site in s.sites)) for s in sums}
-                del rows
-                for name, inc in increments.items():
-                    inc = inc.detach().double().cpu()
-                    totals[name] = inc if name not in totals else totals[name].add_(inc)
+                if pending is None:
+                    reference = next((v for v in hooks.captured.values() if v.dim() == 3), None)
+                    if reference is None:
+                        raise DataError(
+                            "a calibration batch has no attention_mask, input_ids or inputs_embeds and no "
+                            "capture site keeps [batch, tokens, features]; pass dict batches with input_ids"
+                        )
+                    mask = valid_mask(batch, reference, remaining, skip_tokens)
+                    del reference
+                    pending = _BatchSums(totals, sums, hooks.captured, mask)
+                    pending.ready()
                 tokens += int(mask.sum())
+                hooks.reset()
+                del mask, pending
                 consumed = index + 1
                 if bar is not None:
                     bar.update(1)

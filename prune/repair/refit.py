@@ -22,6 +22,18 @@ block). Where the sum is taken depends on the residual placement (`prune.anatomy
 - **sandwich** (Gemma2/3): the post-MLP norm normalises the down projection's output, so no refit of its
   weights is linear in the target; these families are left as they are (the report says so).
 
+**Attention output** (``attention=True``, `RepairOptions.refit_attention`), pre-norm blocks only: before
+the down projection, block k's attention output projection (``o_proj``; GPT-2 ``attn.c_proj``, OPT
+``out_proj``, NeoX/Falcon ``dense``: the family file's ``attention_out``) is refitted the same way, its
+input being the features and the target the original's *mid-state* ``h_in* + A*`` (the stream after the
+attention residual, i.e. what the post-attention norm sees; in a parallel block, NeoX and Falcon, it is
+the same split of the block output, which the down refit then completes). It is folded before the down
+projection's statistics are taken, so the MLP is refitted on the activations the new attention output
+gives. A block standing for a cut span tracks the mid-state of its own original block (``own``, the
+default), or that of the first cut block (``next``), or keeps its attention (``skip``):
+`JunctionAttention`. Post-norm blocks normalise the attention sum before the MLP reads it, so they
+keep the down-only refit (``RefitReport.attention_skipped`` says so).
+
 Blocks are refitted in order and each refit is folded before the next block's statistics are taken,
 so each one corrects the error that really reaches it. The refit needs one forward of each refitted
 block and of the corresponding original blocks per pass, not of the whole model: both models' hidden
@@ -51,16 +63,14 @@ from prune.collect.batches import check_batch, rows_within_budget, to_device, va
 from prune.collect.capture import site_rows
 from prune.collect.collector import _input_device
 from prune.collect.segments import BlockSegment, block_input
-from prune.fold import _set_bias, _set_weight, weight_matrix
 from prune.repair.base import RepairError
 from prune.repair.refit_report import BlockRefit, RefitReport, refit_lines
+from prune.repair.refit_solve import REFIT_RIDGES, RefitSums, fit_and_fold
 
 logger = logging.getLogger(__name__)
 
 Weighting = Literal["mse", "token"]
-
-# Relative ridges (to the mean diagonal of the feature Gram), towards the current weights.
-REFIT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+JunctionAttention = Literal["skip", "own", "next"]
 
 
 def cut_correspondence(num_blocks: int, drop: Iterable[int]) -> list[int]:
@@ -84,39 +94,6 @@ def cut_correspondence(num_blocks: int, drop: Iterable[int]) -> list[int]:
     return result
 
 
-def _solve(gram: Tensor, rhs: Tensor, current: Tensor, ridge: float, penalised: int) -> Tensor:
-    """``argmin x^T G x - 2 x^T C + lambda ||x - x0||^2`` over the first `penalised` rows (float64)."""
-    scale = float(torch.diagonal(gram)[:penalised].mean().clamp_min(1e-30))
-    diagonal = torch.zeros(gram.shape[0], dtype=torch.float64)
-    diagonal[:penalised] = ridge * scale
-    system = gram + torch.diag(diagonal)
-    target = rhs + diagonal[:, None] * current
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) == 0:
-        return torch.cholesky_solve(target, factor)
-    return torch.linalg.lstsq(system, target).solution
-
-
-def _choose_ridge(halves: list[dict[str, Tensor]], current: Tensor, penalised: int) -> float:
-    """The ridge of `REFIT_RIDGES` whose fit on one half of the batches has the lowest error on the other."""
-    if len(halves) < 2:
-        return 1e-2
-    a, b = halves
-
-    def heldout(r: float) -> float:
-        return _error(_solve(a["gram"], a["cross"], current, r, penalised), b) + _error(
-            _solve(b["gram"], b["cross"], current, r, penalised), a
-        )
-
-    return min(REFIT_RIDGES, key=heldout)
-
-
-def _error(x: Tensor, sums: dict[str, Tensor]) -> float:
-    """``||Z x - D||^2 / ||S*||^2`` from the sums (D = S* - r)."""
-    g, c = sums["gram"], sums["cross"]
-    return float(((x * (g @ x)).sum() - 2 * (x * c).sum() + sums["dd"]) / sums["tt"].clamp_min(1e-300))
-
-
 def refit_model(
     original: nn.Module,
     modified: nn.Module,
@@ -129,6 +106,8 @@ def refit_model(
     max_tokens: int | None = None,
     skip_tokens: int = 0,
     weighting: Weighting = "mse",
+    attention: bool = False,
+    junction_attention: JunctionAttention = "own",
     progress: bool = False,
 ) -> RefitReport:
     """Refit the down projections of `modified` (in place) so that its stream tracks `original`'s.
@@ -150,6 +129,14 @@ def refit_model(
         weighting: ``mse`` (squared error of the stream) or ``token`` (each token's error relative to its
             ``||S*||^2``: the next pre-norm block sees the direction, and a few massive-activation tokens
             no longer dominate the fit).
+        attention: in pre-norm blocks, first refit each block's attention output projection so that
+            the stream after the attention residual (block input + attention output) matches the
+            original's at the same point, fold it, then refit the down projection on the updated
+            activations. Post-norm blocks keep the down-only refit (the report says why).
+        junction_attention: what the attention of a block standing for a cut span (the block before a
+            junction) tracks: ``own`` the original's mid-state of the same block (it corrects the error
+            reaching it and leaves the span to the down projection), ``next`` the mid-state of the
+            first cut block, ``skip`` no attention refit there.
         progress: log each block's residual at INFO level.
 
     Returns:
@@ -214,15 +201,21 @@ def refit_model(
         ys.append(y)
     report.tokens = tokens
 
-    def site_sum(k: int, corr_k: int) -> tuple[str, str]:
-        # the sum the MLP output joins: the block output (pre-norm) or the output norm's input (post-norm)
-        return (mlp.output_norm or "", "input") if post_norm else ("", "output")
-
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc="refitting down projections", unit="block", disable=not progress)
+    attention_out = mlp.attention_out if attention and not post_norm else None
+    if attention and attention_out is None:
+        report.attention_skipped = (
+            "attention output projections are refitted in pre-norm blocks only (a post-norm block "
+            "normalises the attention sum before the MLP sees it)"
+            if post_norm
+            else "the family file names no attention output projection (add 'attention_out' to its mlp entry)"
+        )
+    bar = tqdm(total=len(todo), desc="refitting projections", unit="block", disable=not progress)
     cursor = start  # xs enter modified block `cursor`
     origin = corr[start - 1] + 1 if start > 0 else 0  # ys enter original block `origin`
+    # the sum the MLP output joins: the block output (pre-norm) or the output norm's input (post-norm)
+    sum_site = (mlp.output_norm or "", "input") if post_norm else ("", "output")
     for k in todo:
         # Advance both streams to the input of block k (blocks between refitted ones run unchanged).
         if k > cursor:
@@ -231,97 +224,126 @@ def refit_model(
             segment = BlockSegment(original, anatomy, origin, corr[k - 1])
             ys = [segment.run(b, y, {})["out"] for (b, _), y in zip(prepared, ys, strict=True)]
             cursor, origin = k, corr[k - 1] + 1
-        origin_first = origin
-        path, io = site_sum(k, corr[k])
-        down = mlp.parts(target_anatomy.blocks(modified)[k]).down
-        bias = getattr(down, "bias", None)
-        has_bias = isinstance(bias, Tensor)
-        weight = weight_matrix(down).detach().to(torch.float64).cpu()
-        current = weight.T
-        if has_bias:
-            current = torch.cat([current, bias.detach().to(torch.float64).cpu()[None]])
-        norm = mlp.parts(target_anatomy.blocks(modified)[k]).output_norm if post_norm else None
-        # post-norm: an error in channel j of the sum reaches the block output times the norm's gain g_j,
-        # so channels are weighted by |g_j| (the solution is per channel anyway; this sets the ridge and
-        # the reported error to what the output sees)
-        gain = getattr(norm, "weight", None)
-        columns = (
-            gain.detach().abs().double().cpu().clamp_min(1e-6)
-            if isinstance(gain, Tensor)
-            else torch.ones(weight.shape[0], dtype=torch.float64)
-        )
+        parts = mlp.parts(target_anatomy.blocks(modified)[k])
+        # which original mid-state (block input + attention output) block k's attention should reproduce
+        mid = _attention_target(attention_out, junction_attention, origin, corr[k])
+        norm = parts.output_norm if post_norm else None
         mine = BlockSegment(modified, target_anatomy, k, k)
-        theirs = BlockSegment(original, anatomy, origin_first, corr[k])
-        halves: list[dict[str, Tensor]] = [{}, {}]
-        next_ys: list[Tensor] = []
-        for index, ((batch, mask), x, y) in enumerate(zip(prepared, xs, ys, strict=True)):
-            got = mine.run(
-                batch, x, {"z": (k, mlp.down, "input"), "m": (k, mlp.down, "output"), "s": (k, path, io)}
-            )
-            ref = theirs.run(batch, y, {"s": (corr[k], path, io)})
-            next_ys.append(ref["out"])
-            rows = mask.to(got["z"].device)
-            named = (("z", got["z"]), ("m", got["m"]), ("s", got["s"]), ("s*", ref["s"]))
-            z, m, s, t = (site_rows(v, rows, name) for name, v in named)
+        theirs = BlockSegment(original, anatomy, origin, corr[k])
+        # One pass of the original for both refits' targets and its stream at the next block.
+        ref_sites = {"s": (corr[k], *sum_site)}
+        if mid is not None:
+            ref_sites["a"] = (mid, attention_out, "output")
+            if mid > origin:
+                ref_sites["o"] = (mid - 1, "", "output")
+        down_targets, mid_targets, next_ys = [], [], []
+        for (batch, mask), y in zip(prepared, ys, strict=True):
+            ref = theirs.run(batch, y, ref_sites)
+            rows = mask.to(ref["out"].device)
+            t = site_rows(ref["s"], rows, "s*")
             if post_norm:
                 # (weighing rows by 1/scale, the first-order error of the normalised output, measured
                 # worse on MiniLM: cut cosine mean 0.824 -> 0.813, squeeze 0.980 -> 0.967)
                 t, _ = _post_norm_target(t, site_rows(ref["out"], rows, "out"), norm)
-            if has_bias:
-                z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
-            d = t - s + m
-            if weighting == "token":
-                w = t.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
-                z, d, t = z * w, d * w, t * w
-            if post_norm:
-                g = columns.to(dtype=d.dtype, device=d.device)
-                d, t = d * g, t * g
-            part = {
-                "gram": z.T @ z,
-                "cross": z.T @ d,
-                "dd": (d * d).sum().reshape(()),
-                "tt": (t * t).sum().reshape(()),
-            }
-            half = halves[index % 2]
-            for name, value in part.items():
-                value = value.double().cpu()
-                half[name] = value if name not in half else half[name] + value
+            down_targets.append(t)
+            if mid is not None:
+                base = ref.get("o", y)
+                mid_targets.append(site_rows(base, rows, "mid*") + site_rows(ref["a"], rows, "a*"))
+            next_ys.append(ref["out"])
         ys = next_ys
-        halves = [h for h in halves if h]
-        totals = {name: sum(h[name] for h in halves) for name in halves[0]}
-        penalised = weight.shape[1]
-        scaled = current * columns  # the weights in the weighted channels' units
-        chosen = ridge if ridge is not None else _choose_ridge(halves, scaled, penalised)
-        solution = _solve(totals["gram"], totals["cross"], scaled, chosen, penalised)
-        before, after = _error(scaled, totals), _error(solution, totals)
-        solution = solution / columns
-        if not after <= before:  # cannot happen for an exact solve; guards a failed one
-            logger.warning("refit of block %d would raise its calibration error; left as it was", k)
-            solution, after = current, before
-        _set_weight(down, solution[:penalised].T)
-        if has_bias:
-            _set_bias(down, solution[penalised])
-        report.blocks.append(
-            BlockRefit(
-                k, corr[k], int(solution.shape[0]), float(f"{before:.6g}"), float(f"{after:.6g}"), chosen
-            )
-        )
+        if mid is not None:
+            sums = RefitSums()
+            bias = _has_bias(parts.attention_out)
+            for index, ((batch, mask), x, t) in enumerate(zip(prepared, xs, mid_targets, strict=True)):
+                got = mine.run(
+                    batch, x, {"z": (k, attention_out, "input"), "m": (k, attention_out, "output")}
+                )
+                rows = mask.to(got["z"].device)
+                z, m = site_rows(got["z"], rows, "z"), site_rows(got["m"], rows, "m")
+                # pre-norm: the mid-state is the block input plus the attention output
+                s = site_rows(x, rows, "x") + m
+                _add_rows(sums, index, z, t - s + m, t, bias, weighting, None)
+            _record(report, k, mid, "attention", fit_and_fold(parts.attention_out, sums, ridge), progress)
+        # post-norm: an error in channel j of the sum reaches the block output times the norm's gain g_j,
+        # so channels are weighted by |g_j| (the solution is per channel anyway; this sets the ridge and
+        # the reported error to what the output sees)
+        gain = getattr(norm, "weight", None)
+        columns = gain.detach().abs().double().cpu().clamp_min(1e-6) if isinstance(gain, Tensor) else None
+        sums = RefitSums()
+        bias = _has_bias(parts.down)
+        sites = {"z": (k, mlp.down, "input"), "m": (k, mlp.down, "output"), "s": (k, *sum_site)}
+        for index, ((batch, mask), x, t) in enumerate(zip(prepared, xs, down_targets, strict=True)):
+            got = mine.run(batch, x, sites)
+            rows = mask.to(got["z"].device)
+            z, m, s = (site_rows(got[name], rows, name) for name in ("z", "m", "s"))
+            _add_rows(sums, index, z, t - s + m, t, bias, weighting, columns)
+        _record(report, k, corr[k], "down", fit_and_fold(parts.down, sums, ridge, columns), progress)
         bar.update(1)
-        log = logger.info if progress else logger.debug
-        log(
-            "refit block %d (original %d): stream error %.4g -> %.4g (ridge %g)",
-            k,
-            corr[k],
-            before,
-            after,
-            chosen,
-        )
         # the refitted block's output is the next block's input
         xs = [mine.run(b, x, {})["out"] for (b, _), x in zip(prepared, xs, strict=True)]
         cursor, origin = k + 1, corr[k] + 1
     bar.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _attention_target(
+    attention_out: str | None, junction: JunctionAttention, origin: int, last: int
+) -> int | None:
+    """The original block whose mid-state a modified block's attention refit tracks (None: no refit).
+
+    `origin`..`last` are the original blocks the modified block stands for (one, except at a junction).
+    """
+    if attention_out is None:
+        return None
+    if origin == last or junction == "own":
+        return origin
+    return origin + 1 if junction == "next" else None
+
+
+def _has_bias(module: nn.Module | None) -> bool:
+    return isinstance(getattr(module, "bias", None), Tensor)
+
+
+def _add_rows(
+    sums: RefitSums,
+    index: int,
+    z: Tensor,
+    d: Tensor,
+    t: Tensor,
+    bias: bool,
+    weighting: Weighting,
+    columns: Tensor | None,
+) -> None:
+    """Add one batch's features `z`, target `d` and stream target `t` (rows: valid tokens) to `sums`."""
+    if bias:
+        z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
+    if weighting == "token":
+        w = t.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+        z, d, t = z * w, d * w, t * w
+    if columns is not None:
+        g = columns.to(dtype=d.dtype, device=d.device)
+        d, t = d * g, t * g
+    sums.add(index, z, d, t)
+
+
+def _record(
+    report: RefitReport, block: int, target: int, projection: str, fit: tuple, progress: bool
+) -> None:
+    before, after, ridge, features = fit
+    report.blocks.append(
+        BlockRefit(block, target, features, float(f"{before:.6g}"), float(f"{after:.6g}"), ridge, projection)
+    )
+    log = logger.info if progress else logger.debug
+    log(
+        "refit block %d %s (original %d): stream error %.4g -> %.4g (ridge %g)",
+        block,
+        projection,
+        target,
+        before,
+        after,
+        ridge,
+    )
 
 
 def _post_norm_target(pre: Tensor, out: Tensor, norm: nn.Module | None) -> tuple[Tensor, Tensor]:
@@ -348,6 +370,7 @@ def _post_norm_target(pre: Tensor, out: Tensor, norm: nn.Module | None) -> tuple
 __all__ = [
     "REFIT_RIDGES",
     "BlockRefit",
+    "JunctionAttention",
     "RefitReport",
     "Weighting",
     "cut_correspondence",

@@ -152,6 +152,7 @@ def repair_cut(
     refit: bool = False,
     refit_blocks: int | None = None,
     refit_weighting: str = "mse",
+    refit_attention: bool = False,
 ) -> RepairReport:
     """Fit a map for each contiguous cut span and fold it into `pruned` (in place; `original` is only read).
 
@@ -178,6 +179,8 @@ def repair_cut(
             the kept block before a span is refitted from its d_ff-wide features).
         refit_blocks: refit only this many blocks from the first junction on (None: all of them).
         refit_weighting: the refit's objective, ``mse`` or ``token`` (see `refit_model`).
+        refit_attention: the refit also refits each block's attention output projection first
+            (pre-norm blocks; `refit_model`'s ``attention``).
 
     Returns:
         The `RepairReport`: per span, the map, where it went, the relative error before and after.
@@ -302,6 +305,7 @@ def repair_cut(
             max_tokens=max_tokens,
             skip_tokens=skip_tokens,
             weighting=refit_weighting,  # type: ignore[arg-type]
+            attention=refit_attention,
             progress=progress,
         ).to_dict()
     report.seconds = time.perf_counter() - started

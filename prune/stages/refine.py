@@ -38,6 +38,7 @@ def repair(ctx: RunContext) -> RunContext:
             progress=ctx.progress,
             refit=refit_after_cut(options.refit, ctx.anatomy),
             refit_blocks=options.refit_blocks,
+            refit_attention=options.refit_attention,
         )
     except RepairError as err:
         if "repair" in options.model_fields_set:
@@ -143,6 +144,7 @@ def squeeze(ctx: RunContext) -> RunContext:
         inplace=True,
         progress=ctx.progress,
         refit=options.refit == "on",
+        refit_attention=options.refit_attention,
         reference=ctx.original,
         correspondence=cut_correspondence(ctx.anatomy.num_blocks, ctx.plan.drop),
     )

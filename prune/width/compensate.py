@@ -62,17 +62,39 @@ def relative_output_error(
     problem: BlockProblem, kept: Tensor, transform: Tensor, offset: Tensor | None
 ) -> float:
     """``E||W a - W' a_K - W offset||^2 / E||W a||^2`` on the calibration moments (``W' = W A^T``)."""
-    m, w = problem.moment, problem.down
-    wm = problem.down_moment
-    folded = w @ transform.T  # W' [d, k]
-    energy = float((wm * w).sum())
-    error = (
-        energy - 2 * float((wm[:, kept] * folded).sum()) + float(((folded @ m[kept][:, kept]) * folded).sum())
-    )
-    if offset is not None:
-        shift = w @ offset
-        error += float(shift @ shift) - 2 * float((w @ problem.mean - folded @ problem.mean[kept]) @ shift)
-    return max(error, 0.0) / max(energy, 1e-300)
+    return _OutputError(problem, kept)(problem.down @ transform.T, offset)
+
+
+def output_errors(
+    problem: BlockProblem, kept: Tensor, transform: Tensor, offset: Tensor | None
+) -> tuple[float, float]:
+    """``(error, error_uncompensated)``: `relative_output_error` of the fold and of the bare selection
+    (``W[:, K]``, no compensation), sharing the output energy and the kept moments (computed once)."""
+    error = _OutputError(problem, kept)
+    return error(problem.down @ transform.T, offset), error(problem.down[:, kept], None)
+
+
+class _OutputError:
+    """The relative output error of folded weights ``W'`` [d, k] (and an offset) for one kept set."""
+
+    def __init__(self, problem: BlockProblem, kept: Tensor) -> None:
+        self.problem, self.kept = problem, kept
+        wm = problem.down_moment
+        self.energy = float((wm * problem.down).sum())
+        self.kept_moment = problem.moment[kept][:, kept]
+        self.kept_cross = wm[:, kept]
+
+    def __call__(self, folded: Tensor, offset: Tensor | None) -> float:
+        p, kept = self.problem, self.kept
+        error = (
+            self.energy
+            - 2 * float((self.kept_cross * folded).sum())
+            + float(((folded @ self.kept_moment) * folded).sum())
+        )
+        if offset is not None:
+            shift = p.down @ offset
+            error += float(shift @ shift) - 2 * float((p.down @ p.mean - folded @ p.mean[kept]) @ shift)
+        return max(error, 0.0) / max(self.energy, 1e-300)
 
 
 def apply_to_block(parts, kept: Tensor, transform: Tensor, offset: Tensor | None) -> None:
@@ -107,4 +129,11 @@ def _complement(kept: Tensor, size: int) -> Tensor:
     return torch.nonzero(mask).flatten()
 
 
-__all__ = ["Compensation", "apply_to_block", "block_problem", "interpolation", "relative_output_error"]
+__all__ = [
+    "Compensation",
+    "apply_to_block",
+    "block_problem",
+    "interpolation",
+    "output_errors",
+    "relative_output_error",
+]

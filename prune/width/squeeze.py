@@ -90,6 +90,7 @@ def squeeze_model(
     stats: dict[int, Any] | None = None,
     energy_levels: Sequence[float] = ENERGY_LEVELS,
     refit: bool = False,
+    refit_attention: bool = False,
     reference: nn.Module | None = None,
     correspondence: Sequence[int] | None = None,
 ) -> SqueezeResult:
@@ -117,6 +118,8 @@ def squeeze_model(
         refit: After the squeeze, refit every block's down projection (its kept neurons) so that the
             squeezed model's residual stream tracks `reference`'s (`prune.repair.refit.refit_model`:
             corrects the error that earlier blocks leave, which each block's own compensation cannot see).
+        refit_attention: The refit also refits each pre-norm block's attention output projection first
+            (`refit_model`'s ``attention``).
         reference: The model to track (default: `model` itself, unless `inplace`); e.g. the dense model
             before a depth cut, with `correspondence`.
         correspondence: For each block of `model`, the block of `reference` it stands for (None: same index;
@@ -127,10 +130,11 @@ def squeeze_model(
 
     Raises:
         TargetError: a bad `keep`; AnatomyError: the family's MLP or intermediate-size key is unknown, or
-            the blocks disagree on their width; KeyError: an unknown method.
+            the blocks disagree on their width; KeyError: an unknown method; RepairError: ``refit`` with
+            ``inplace`` and no `reference`.
     """
     from prune.anatomy import get_anatomy
-    from prune.width.compensate import apply_to_block, block_problem, interpolation, relative_output_error
+    from prune.width.compensate import apply_to_block, block_problem, interpolation, output_errors
     from prune.width.methods import FFN_METHODS
     from prune.width.selection import SELECTORS, energy_curve, neurons_needed
     from prune.width.stats import block_groups, collect_ffn_stats, gram_bytes
@@ -199,14 +203,14 @@ def squeeze_model(
                 curves[b] = energy_curve(problem.fit_moment(), limit=limit)
             kept = selector(problem, count, ridge)
             transform, offset = interpolation(problem, kept, chosen.compensation, ridge)
-            bare, _ = interpolation(problem, kept, "none", ridge)
+            error, uncompensated = output_errors(problem, kept, transform, offset)
             results.append(
                 BlockSqueeze(
                     block=b,
                     kept=int(kept.numel()),
                     size=size,
-                    error=relative_output_error(problem, kept, transform, offset),
-                    error_uncompensated=relative_output_error(problem, kept, bare, None),
+                    error=error,
+                    error_uncompensated=uncompensated,
                     neurons_for_energy={f"{e:g}": neurons_needed(curves[b], e, size) for e in energy_levels},
                 )
             )
@@ -224,8 +228,11 @@ def squeeze_model(
 
         source = reference if reference is not None else (None if inplace else model)
         if source is None:
-            raise ValueError(
-                "refit=True with inplace=True needs reference=, the model to track (the squeezed one is overwritten)"
+            from prune.errors import RepairError
+
+            raise RepairError(
+                "squeeze_model(refit=True, inplace=True) has no model left to track: the dense model is the "
+                "one being squeezed; pass reference= (the model before the squeeze, e.g. a copy) or inplace=False"
             )
         refit_report = refit_model(
             source,
@@ -236,6 +243,7 @@ def squeeze_model(
             anatomy=get_anatomy(source, anatomy.block_path),
             max_tokens=max_tokens,
             skip_tokens=skip_tokens,
+            attention=refit_attention,
             progress=progress,
         ).to_dict()
     report = SqueezeReport(
