@@ -78,6 +78,10 @@ def header(data: dict) -> str:
         return f"*Rendered from `benchmarks/results/{data['_name']}` (projected from `{data.get('measured_from')}`).*"
     m = data["machine"]
     p = data.get("protocol", {})
+    # every command whose rows the file holds: the resumed runs, then the files merged into it
+    commands = "\n".join(
+        dict.fromkeys([*(data.get("commands") or [data["command"]]), *data.get("merged_commands", [])])
+    )
     threads = f"{m['torch_threads']} torch thread(s), OMP_NUM_THREADS={m.get('omp_num_threads')}"
     sizes = (
         f"{p.get('calib_samples')} calibration windows ({p.get('calib_tokens')} tokens), {p.get('eval_samples')} "
@@ -86,7 +90,7 @@ def header(data: dict) -> str:
     return (
         f"*Rendered from `benchmarks/results/{Path(data.get('_name', '')).name or '?'}`: measured {data['date']} on "
         f"{m['device']} ({m['cpu']}, {threads}; torch {m['torch']}); {sizes}; peak RSS {data.get('peak_rss_mib', 0):.0f} "
-        f"MiB.*\n\n```\n{data['command']}\n```"
+        f"MiB.*\n\n```\n{commands}\n```"
     )
 
 
@@ -133,6 +137,7 @@ def depth_tables(data: dict) -> str:
     total = data["num_blocks"]
 
     def pick(method, drop, repair, order="sequential"):
+        order = "default" if method == "default" else order  # the pipeline's own rows
         return [
             r
             for r in rows
@@ -148,10 +153,15 @@ def depth_tables(data: dict) -> str:
         head,
         "|---|" + "---:|" * (len(drops) * len(repairs)),
     ]
+    pipeline = [r for r in rows if r["method"] == "default"]
     for method in methods:
         label = f"**{method}** ({described.get(method, '')})" if described.get(method) else f"**{method}**"
-        if method == default["strategy"]:
+        if method == "default":
+            label = f"**our default** ({_default_label(pipeline)})"
+        elif method == default["strategy"] and not pipeline:
             label += f"; with {default['repair']}: **our default**"
+        elif method == default["strategy"]:
+            label += f"; with {default['repair']}: the default's plan and repair without the refit"
         cells = [_cells(pick(method, d, rep), key, kind) for d in drops for rep in repairs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
@@ -194,6 +204,13 @@ def depth_tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _default_label(rows: list[dict]) -> str:
+    """What the default rows ran: `prune-llm MODEL --target N-layers`, with the options they recorded."""
+    options = next((r.get("options") for r in rows if r.get("options")), {})
+    said = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+    return f"`prune-llm MODEL --target N-layers`, the library's stages: {said}"
+
+
 def verdict(data: dict) -> str:
     """Where our default does not beat a baseline, with the numbers (every method x repair, per depth)."""
     kind, key = data["kind"], _quality_key(data)
@@ -201,14 +218,18 @@ def verdict(data: dict) -> str:
     sign = 1 if kind == "causal-lm" else -1  # lower perplexity / higher fidelity wins
     rows = [r for r in data["rows"] if r["method"] != "dense" and key in r]
     out = []
+    pipeline = any(r["method"] == "default" for r in rows)
     for drop in sorted({r["drop"] for r in rows}):
         here = [r for r in rows if r["drop"] == drop]
-        ours = [
-            r
-            for r in here
-            if (r["method"], r["repair"], r.get("order"))
-            == (default["strategy"], default["repair"], "sequential")
-        ]
+        if pipeline:  # the pipeline's own rows; without them, the strategy + repair of the defaults
+            ours = [r for r in here if r["method"] == "default"]
+        else:
+            ours = [
+                r
+                for r in here
+                if (r["method"], r["repair"], r.get("order"))
+                == (default["strategy"], default["repair"], "sequential")
+            ]
         if not ours:
             continue
         mine = ours[0][key]
@@ -224,9 +245,8 @@ def verdict(data: dict) -> str:
                     f"{method}+{repair}{'' if order == 'sequential' else ' ' + order} {_fmt(value, kind)}"
                 )
         status = "no other row is better" if not beaten else "is beaten by " + ", ".join(beaten)
-        out.append(
-            f"- drop {drop}: our default ({default['strategy']} + {default['repair']}) {_fmt(mine, kind)} {status}"
-        )
+        what = "the pipeline" if pipeline else f"{default['strategy']} + {default['repair']}"
+        out.append(f"- drop {drop}: our default ({what}) {_fmt(mine, kind)} {status}")
     return "Our default against every other row (method + repair; random as its mean):\n\n" + "\n".join(out)
 
 
@@ -238,7 +258,9 @@ def width_tables(data: dict) -> str:
     width = [r for r in rows if r.get("key", "").startswith("width|")]
     keeps = sorted({r["keep"] for r in width}, reverse=True)
     methods = list(dict.fromkeys(r["method"] for r in width))
-    described = data.get("protocol", {}).get("methods", {})
+    from benchmarks.width_quality import METHODS as WIDTH_METHODS
+
+    described = WIDTH_METHODS | data.get("protocol", {}).get("methods", {})
     better = "lower" if kind == "causal-lm" else "higher"
     lines = [
         f"Held-out {key} ({better} is better) at FFN keep fraction; dense {_fmt(dense[key], kind)}, "
