@@ -99,6 +99,8 @@ def _fmt(value: float | None, kind: str) -> str:
         return "-"
     if abs(value) >= 1e5:  # a collapsed model: the order of magnitude is what matters
         return f"{value:.2g}"
+    if abs(value) >= 1e3 and kind == "causal-lm":
+        return f"{value:.0f}"
     return f"{value:.2f}" if kind == "causal-lm" else f"{value:.3f}"
 
 
@@ -116,7 +118,8 @@ def _cells(rows: list[dict], key: str, kind: str) -> str:
         return _fmt(values[0], kind)
     mean, spread = statistics.fmean(values), statistics.pstdev(values)
     note = f" ({len(rows) - len(values)} n/a)" if len(values) < len(rows) else ""
-    return f"{_fmt(mean, kind)} ± {_fmt(spread, kind)}{note}"
+    # a few collapsed draws dominate a mean of perplexities: the median says what a typical draw gives
+    return f"{_fmt(mean, kind)} ± {_fmt(spread, kind)} (median {_fmt(statistics.median(values), kind)}){note}"
 
 
 def depth_tables(data: dict) -> str:
@@ -126,7 +129,7 @@ def depth_tables(data: dict) -> str:
     dense = next(r for r in data["rows"] if r["method"] == "dense")
     drops = sorted({r["drop"] for r in rows})
     repairs = list(dict.fromkeys(r["repair"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: m != "default")  # ours first
     from benchmarks.depth_quality import METHODS
 
     described = {name: entry[3] for name, entry in METHODS.items()} | data.get("protocol", {}).get(
@@ -148,7 +151,8 @@ def depth_tables(data: dict) -> str:
     lines = [
         f"Held-out {key} ({better} is better; dense {_fmt(dense[key], kind)}). Columns: blocks before -> after, "
         "repair (none: plain cut; scale: Prune&Comp; linear: ReplaceMe least squares, sequential over spans). "
-        "Random: mean ± spread (population std) of the seeds; n/a: the repair cannot apply to that cut.",
+        "Random: mean ± spread (population std) of the seeds, and their median; n/a: the repair cannot apply to "
+        "that cut.",
         "",
         head,
         "|---|" + "---:|" * (len(drops) * len(repairs)),
