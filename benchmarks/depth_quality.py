@@ -20,6 +20,7 @@ run) and a PNG curve of quality against blocks removed is drawn from them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -169,8 +170,15 @@ def run(args, out: Path) -> None:
         if METHODS[label][2] == "tokens" and label != "default"
         for m in required_metrics(METHODS[label][0], METHODS[label][1])
     }
-    if "default" in methods:
-        needed |= set(required_metrics(defaults.strategy, defaults.metric))
+    if "default" in methods:  # what the run's `collect` stage gathers: its strategy's and every report's
+        from prune.vocab import SCORE_METRICS
+
+        strategy = defaults.strategy
+        with contextlib.suppress(ImportError):
+            from prune.stages.depth import run_strategy
+
+            strategy = run_strategy(defaults, anatomy)
+        needed |= set(required_metrics(strategy, defaults.metric)) | set(SCORE_METRICS)
     needed |= {"angular"} if "span-repair" in methods else set()
     start = time.perf_counter()
     scores: dict[str, dict] = {"tokens": {}}  # random, last and iterative alone read no score
@@ -225,7 +233,7 @@ def run(args, out: Path) -> None:
             if sequential and len(_spans(sequential[0]["blocks"])) < 2:
                 continue  # one span: both orders are the same fit
         if label == "default":
-            row = _measure_default(setup, scores, args.model, drop, args.seed, evaluate)
+            row = _measure_default(setup, scores, args, drop, args.seed, evaluate)
             results.add(key, row)
             print(_line(row), flush=True)
             continue
@@ -332,14 +340,24 @@ def _measure(
     }
 
 
-def _measure_default(setup, scores, model_name: str, drop: int, seed: int, evaluate) -> dict:
+def _measure_default(setup, scores, args, drop: int, seed: int, evaluate) -> dict:
     """What `prune-llm MODEL --target N-layers` does: the library's `plan`, `cut` and `repair` stages on
     the harness's calibration batches and scores, every option at its `PruneOptions` default (so a
-    changed default is measured as it is, refit and repair guard included)."""
+    changed default is measured as it is, refit and repair guard included). The run's sizes are the
+    protocol's (``--calib-samples``, ``--seq-len``, ``--batch-size``), so where the defaults hold
+    calibration sequences back (the repair guard's), they are the ones `calibrate` would hold back:
+    the sequences after the calibration ones, nothing fitted on them."""
     from prune import stages
     from prune.options import PruneOptions
 
-    options = PruneOptions(model=model_name, target=f"drop-{drop}", seed=seed)
+    options = PruneOptions(
+        model=args.model,
+        target=f"drop-{drop}",
+        seed=seed,
+        calib_samples=args.calib_samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+    )
     ctx = stages.RunContext(
         options,
         loaded=setup.loaded,
@@ -348,6 +366,9 @@ def _measure_default(setup, scores, model_name: str, drop: int, seed: int, evalu
         scores=scores["tokens"],
         progress=False,
     )
+    held = _held_back(setup, options, args.seed)
+    if held is not None:
+        ctx.guard_batches = held
     times = {}
     for name in ("plan", "cut", "repair"):
         start = time.perf_counter()
@@ -356,7 +377,17 @@ def _measure_default(setup, scores, model_name: str, drop: int, seed: int, evalu
     start = time.perf_counter()
     quality = evaluate(ctx.pruned)
     report = ctx.repair
-    fields = ("strategy", "metric", "repair", "repair_order", "refit", "refit_blocks", "search_objective")
+    fields = (
+        "strategy",
+        "metric",
+        "repair",
+        "repair_order",
+        "refit",
+        "refit_blocks",
+        "repair_guard",
+        "search_objective",
+    )
+    asked = PruneOptions(model=args.model, target=f"drop-{drop}")  # before `plan` resolves `auto`
     return {
         "method": "default",
         "strategy": ctx.plan.strategy,
@@ -365,8 +396,11 @@ def _measure_default(setup, scores, model_name: str, drop: int, seed: int, evalu
         "order": "default",
         "seed": seed,
         "blocks": list(ctx.plan.drop),
-        "options": {name: getattr(options, name) for name in fields if hasattr(options, name)},
+        "options": {name: getattr(asked, name) for name in fields if hasattr(asked, name)},
         "plan_reason": ctx.plan.reason,
+        "auto_candidates": ctx.plan.details.get("auto_candidates"),
+        "guard": getattr(report, "guard", None),
+        "guard_sequences": sum(len(b["input_ids"]) for b in held) if held else 0,
         "repair_applied": report.method,
         "refit": report.refit,
         **quality,
@@ -375,6 +409,31 @@ def _measure_default(setup, scores, model_name: str, drop: int, seed: int, evalu
         **times,
         "eval_s": _since(start),
     }
+
+
+def _held_back(setup, options, seed: int) -> list | None:
+    """The held-back calibration batches the run's `calibrate` stage would make (None: the library
+    holds none back, or this version has no such stage)."""
+    try:
+        from prune.data import load_texts, make_batch_split
+        from prune.stages.prepare import guard_samples
+    except ImportError:
+        return None
+    count = guard_samples(options)
+    if not count:
+        return None
+    fit, held = make_batch_split(
+        setup.tokenizer,
+        load_texts("default", purpose="calib", seed=seed),
+        seq_len=options.seq_len,
+        batch_size=options.batch_size,
+        num_samples=options.calib_samples,
+        packed=setup.kind == "causal-lm",
+        held_back=count,
+    )
+    if [b["input_ids"].tolist() for b in fit] != [b["input_ids"].tolist() for b in setup.calib]:
+        raise SystemExit("the held-back split changed the calibration batches; fix benchmarks/_common first")
+    return held
 
 
 def _merge(out: Path, others: list[str]) -> None:

@@ -140,7 +140,7 @@ def depth_tables(data: dict) -> str:
     total = data["num_blocks"]
 
     def pick(method, drop, repair, order="sequential"):
-        order = "default" if method == "default" else order  # the pipeline's own rows
+        order = "default" if method.startswith("default") else order  # the pipeline's own rows
         return [
             r
             for r in rows
@@ -159,7 +159,11 @@ def depth_tables(data: dict) -> str:
     ]
     pipeline = [r for r in rows if r["method"] == "default"]
     for method in methods:
-        label = f"**{method}** ({described.get(method, '')})" if described.get(method) else f"**{method}**"
+        # a row may carry its own label (rows kept from an earlier default, renamed)
+        said = described.get(method) or next(
+            (r["label"] for r in rows if r["method"] == method and "label" in r), ""
+        )
+        label = f"**{method}** ({said})" if said else f"**{method}**"
         if method == "default":
             label = f"**our default** ({_default_label(pipeline)})"
         elif method == default["strategy"] and not pipeline:
@@ -284,7 +288,9 @@ def width_tables(data: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds if seconds is not None else ''} |")
     lines += [
         "",
-        "Parameters and latency (ms per batch, median of 5; the CPU is shared, so +-20%):",
+        "Parameters and latency (ms per batch, median of 5). The latencies were taken on the shared CPU, "
+        "in the runs listed above, under loads that changed between them: compare them only within one "
+        "run, not across keeps or with the dense row; the parameter counts are exact:",
         "",
         "| keep | params | latency ms (squeeze) | latency ms (dense) |",
         "|---:|---:|---:|---:|",
