@@ -147,6 +147,8 @@ def _intro(
         squeezed = f" every FFN squeezed from {squeeze['size_before']} to {squeeze['kept']} neurons"
         counts = (counts + " and" + squeezed) if removed else " with" + squeezed
     repaired = [s for s in (repair or {}).get("spans") or [] if not s.get("skipped")]
+    if ((repair or {}).get("guard") or {}).get("kept") == "plain":
+        repaired = []  # fitted, but the guard kept the plain cut
     weights = "the kept blocks are the original weights, renumbered"
     if repaired:
         weights += (

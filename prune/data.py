@@ -287,16 +287,48 @@ def make_batches(
         >>> [b["input_ids"].shape for b in batches]  # doctest: +SKIP
         [torch.Size([2, 4]), torch.Size([1, 4])]
     """
+    batches, _ = make_batch_split(
+        tokenizer, texts, seq_len=seq_len, batch_size=batch_size, num_samples=num_samples, packed=packed
+    )
+    return batches
+
+
+def make_batch_split(
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    seq_len: int,
+    batch_size: int,
+    num_samples: int,
+    packed: bool,
+    held_back: int = 0,
+) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """`make_batches`, plus up to `held_back` further sequences from the same texts, batched apart.
+
+    The first `num_samples` sequences are exactly those `make_batches` gives, so holding sequences back
+    changes nothing that is fitted on the others (the repair guard scores on the held-back ones). Where
+    the texts run out, fewer (or no) sequences are held back.
+
+    Returns:
+        (batches of the first `num_samples` sequences, batches of the held-back ones).
+
+    Example:
+        >>> fit, held = make_batch_split(tok, texts, seq_len=4, batch_size=2, num_samples=4, packed=True,
+        ...                              held_back=2)  # doctest: +SKIP
+        >>> len(fit), len(held)  # doctest: +SKIP
+        (2, 1)
+    """
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("num_samples", num_samples)):
         if value <= 0:
             raise DataError(
                 f"{name} must be positive, got {value}; pass a positive --{name.replace('_', '-')}"
             )
+    total = num_samples + max(0, held_back)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if packed:
-        rows = _packed_rows(tokenizer, texts, seq_len, num_samples)
+        rows = _packed_rows(tokenizer, texts, seq_len, total)
     else:
-        kept = [t for t in texts if t.strip()][:num_samples]
+        kept = [t for t in texts if t.strip()][:total]
         rows = (
             [list(ids) for ids in tokenizer(kept, truncation=True, max_length=seq_len)["input_ids"]]
             if kept
@@ -305,7 +337,9 @@ def make_batches(
     if not rows or not any(rows):
         raise DataError("the texts give no tokens; pass calibration data with non-empty texts")
     check_known_tokens(tokenizer, rows)
-    return _rows_to_batches(rows, batch_size, pad_id if pad_id is not None else 0)
+    pad = pad_id if pad_id is not None else 0
+    fit, held = rows[:num_samples], rows[num_samples:]
+    return _rows_to_batches(fit, batch_size, pad), _rows_to_batches(held, batch_size, pad) if held else []
 
 
 # Above this share of unknown tokens the statistics describe the unknown token, not the text.

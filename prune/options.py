@@ -181,11 +181,22 @@ class PlanOptions(_Group):
         "'P%' removes P percent of the blocks. Needed unless --ffn-keep is given (width only).",
     )
     strategy: str = Field(
-        default="span",
-        description="How blocks are chosen: span (contiguous blocks with the smallest angular distance), "
+        default="auto",
+        description="How blocks are chosen: auto (the default: span-repair when the run repairs with linear, "
+        "or the best after repair of several strategies' cuts with --auto-candidates; span with --repair "
+        "none/scale or where no map can be fitted), "
+        "span (contiguous blocks with the smallest angular distance), "
         "topk (independent blocks with the lowest score), span-repair (the closest spans refitted: the one with the lowest error after linear repair), cka (RedTest: the blocks whose output is most "
         "similar to their input by CKA are dropped), iterative (greedy removal scored on calibration loss), "
         "last, random.",
+    )
+    auto_candidates: str = Field(
+        default="span-repair",
+        description="With strategy auto and linear repair: the strategies whose cuts are compared, each scored "
+        "plain and repaired with linear (one pass, no refit) on the held-back calibration sequences; the cut "
+        "whose better form has the lowest loss is made (e.g. span-repair,topk,cka,span). Default span-repair "
+        "alone, no comparison: measured, the comparison changed no SmolLM2-135M cut and chose a slightly "
+        "worse MPNet cut, for about 5x the planning time (benchmarks/README.md).",
     )
     metric: str | None = Field(
         default=None,
@@ -232,6 +243,13 @@ class RepairOptions(_Group):
         "stock checkpoint). auto: after the repair of a cut in pre-norm decoders (exact there; measured "
         "better); on: also after an --ffn-keep squeeze and in post-norm encoders; off: the repair/squeeze "
         "alone (as does --repair none for a cut).",
+    )
+    repair_guard: bool = Field(
+        default=True,
+        description="After the repair (and refit) of a cut, compare the repaired model with the plain cut on "
+        "held-back calibration sequences (drawn after the calibration ones, never fitted on: next-token loss "
+        "for causal LMs, 1 - cosine of the final hidden state to the original's for encoders) and keep the "
+        "plain cut if the repair made it worse; the report and card give both figures.",
     )
     refit_blocks: int | None = Field(
         default=None,
@@ -364,7 +382,7 @@ class PruneOptions(
     Example:
         >>> opts = PruneOptions(model="minilm-l6", target="4-layers")
         >>> opts.strategy, opts.group(DataOptions).seq_len
-        ('span', 256)
+        ('auto', 256)
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

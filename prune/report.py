@@ -191,7 +191,34 @@ def repair_lines(repair: dict[str, Any] | None) -> list[str]:
         from prune.repair.refit_report import refit_lines
 
         lines += ["", *refit_lines(repair["refit"])]
+    if repair.get("guard"):
+        lines += ["", *guard_lines(repair["guard"])]
     return lines
+
+
+def guard_lines(guard: dict[str, Any]) -> list[str]:
+    """The repair guard's verdict: both held-back figures and which model was kept.
+
+    Example:
+        >>> guard_lines({"loss_plain": 2.0, "loss_repaired": 2.5, "measure": "next-token loss",
+        ...              "kept": "plain", "sequences": 8, "tokens": 2048, "seconds": 1.0})[0]
+        '**Guard: the plain cut was kept.** The repair made the cut worse on held-back calibration data.'
+    """
+    plain, repaired = guard["loss_plain"], guard["loss_repaired"]
+    figures = f"{guard['measure']} {_fmt(plain)} for the plain cut, {_fmt(repaired)} repaired"
+    if "perplexity_plain" in guard:
+        figures += f" (perplexity {_fmt(guard['perplexity_plain'])} plain, {_fmt(guard['perplexity_repaired'])} repaired)"
+    where = (
+        f"on {guard['sequences']} held-back calibration sequences ({guard['tokens']:,} tokens, fitted on by "
+        f"nothing; {_fmt(guard['seconds'])} s)"
+    )
+    if guard.get("kept") == "plain":
+        return [
+            "**Guard: the plain cut was kept.** The repair made the cut worse on held-back calibration data.",
+            f"- {figures}, {where}; the maps and refit above were fitted but not applied "
+            "(`repair_guard: false` keeps them).",
+        ]
+    return [f"Guard: the repair was kept: {figures}, {where}."]
 
 
 def squeeze_section(squeeze: dict[str, Any], *, heading: str = "##") -> list[str]:

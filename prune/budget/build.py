@@ -123,32 +123,18 @@ class CandidateBuilder:
         return Built(candidate, model, repair, squeeze)
 
     def loss(self, model: nn.Module) -> float:
-        """The held-back calibration loss of `model` (lower is better)."""
-        reference = self.reference_outputs()
-        total, count = 0.0, 0
-        for batch, ref in zip(self.held, reference, strict=True):
-            out, ids, mask = _forward(model, batch, self.kind)
-            if self.kind == "causal-lm":
-                valid = mask[:, 1:] & mask[:, :-1]
-                logits, targets = out[:, :-1][valid], ids[:, 1:][valid]
-                total += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
-                count += int(valid.sum())
-            else:
-                cos = nn.functional.cosine_similarity(out[mask], ref, dim=-1)
-                total += float((1.0 - cos).sum())
-                count += cos.numel()
-        return total / max(count, 1)
+        """The held-back calibration loss of `model` (lower is better; `prune.repair.guard.held_back_loss`)."""
+        from prune.repair.guard import held_back_loss
+
+        return held_back_loss(model, self.held, self.kind, self.reference_outputs())
 
     def reference_outputs(self) -> list[Any]:
         """The original's final hidden states on the held-back batches (encoders only; cached)."""
         if self._reference is None:
-            if self.kind == "causal-lm":
-                self._reference = [None] * len(self.held)  # type: ignore[list-item]
-            else:
-                self._reference = [
-                    out[mask] for out, _, mask in (_forward(self.original, b, self.kind) for b in self.held)
-                ]
-        return self._reference  # type: ignore[return-value]
+            from prune.repair.guard import reference_outputs
+
+            self._reference = reference_outputs(self.original, self.held, self.kind)
+        return self._reference
 
     def evaluate(self, candidate: Candidate) -> float:
         """Build `candidate` and return its held-back loss."""
@@ -216,25 +202,6 @@ def _share_copy(model: nn.Module, block_path: str | None) -> nn.Module:
     from prune.surgery import remove_blocks
 
     return remove_blocks(model, (), anatomy=get_anatomy(model, block_path), share_weights=True)
-
-
-def _forward(model: nn.Module, batch: dict, kind: str):
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
-    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            if kind == "causal-lm":
-                out = model(**inputs, use_cache=False, return_dict=True).logits
-            else:
-                out = model(**inputs, output_hidden_states=True, return_dict=True)
-                final = getattr(out, "last_hidden_state", None)
-                out = final if final is not None else out.hidden_states[-1]
-    finally:
-        model.train(was_training)
-    return out.float().cpu(), inputs["input_ids"].cpu(), mask.cpu()
 
 
 def perplexity(loss: float) -> float:

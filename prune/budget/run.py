@@ -57,6 +57,23 @@ class BudgetOutcome:
     search: SearchResult
 
 
+def budget_strategy(strategy: str) -> str:
+    """The depth strategy a budget search uses: `strategy`, with ``auto`` as the plain ``span``.
+
+    The search builds a cut for every depth and predicts each one's loss from the angular distance
+    across its span (the plain span's own statistic); fitting span-repair's candidate spans at every
+    depth would cost a calibration pass per depth, and the built candidates are scored after their
+    repair anyway.
+
+    Example:
+        >>> budget_strategy("auto"), budget_strategy("topk")
+        ('span', 'topk')
+    """
+    from prune.plan import AUTO
+
+    return "span" if strategy == AUTO else strategy
+
+
 class _Search:
     """One budget search over one model: plans, costs, cheap predictions and the cached evaluations."""
 
@@ -83,7 +100,8 @@ class _Search:
         from prune.plan import Plan, PlanError, plan_pruning
 
         o, blocks = self.options, self.anatomy.num_blocks
-        plans = [Plan(blocks, (), o.strategy, None, "drop-0", "no depth cut", {})]
+        strategy = budget_strategy(o.strategy)
+        plans = [Plan(blocks, (), strategy, None, "drop-0", "no depth cut", {})]
         for n in range(1, blocks):
             try:
                 plans.append(
@@ -91,7 +109,7 @@ class _Search:
                         self.scores,
                         blocks,
                         f"drop-{n}",
-                        o.strategy,
+                        strategy,
                         metric=o.metric,
                         allow_last=o.allow_last,
                         seed=o.seed,

@@ -1,7 +1,7 @@
 """The budget stage of a run: with ``budget`` set it replaces plan, cut, repair and squeeze.
 
 It reads the `prune.options.BudgetOptions` group (and the plan, repair and width groups the candidates
-are built with), holds back the last quarter of ``ctx.calib_batches`` for scoring, collects the depth
+are built with; the default strategy ``auto`` is the plain ``span`` here), holds back the last quarter of ``ctx.calib_batches`` for scoring, collects the depth
 statistics on the rest (`prune.stages.collect`), searches (`prune.budget.run`) and leaves the chosen
 model, built exactly as it was scored, in ``ctx.pruned`` with its ``plan``, ``repair``, ``squeeze`` and
 ``budget`` (the `SearchResult`).
@@ -26,11 +26,13 @@ def budget(ctx: Any, *, build: bool = True) -> Any:
         build: Build the chosen model into ``ctx.pruned``; False only searches (``ctx.budget``).
     """
     from prune.budget.build import split_calibration
-    from prune.budget.run import prune_to_budget, run_budget_search
+    from prune.budget.run import budget_strategy, prune_to_budget, run_budget_search
     from prune.plan import SearchContext, get_strategy, required_metrics
     from prune.stages.depth import collect
     from prune.vocab import SCORE_METRICS
 
+    if ctx.options.strategy != budget_strategy(ctx.options.strategy):  # auto: the plain span here
+        ctx.options = ctx.options.model_copy(update={"strategy": budget_strategy(ctx.options.strategy)})
     options = ctx.options
     everything = ctx.calib_batches
     fit, _ = split_calibration(everything)

@@ -89,6 +89,12 @@ def print_summary(result) -> None:
     print(f"{model['spec']}: {model['num_blocks_before']} -> {model['num_blocks_after']} blocks")
     if plan["drop"]:
         print(f"removed blocks {list(plan['drop'])} ({plan['strategy']}): {plan['reason']}")
+    guard = (report.get("repair") or {}).get("guard")
+    if guard:
+        print(
+            f"repair guard ({guard['measure']} on {guard['sequences']} held-back sequences): plain cut "
+            f"{guard['loss_plain']:.4f}, repaired {guard['loss_repaired']:.4f}: kept the {guard['kept']} model"
+        )
     squeeze = report.get("squeeze")
     if squeeze:
         errors = [b["error"] for b in squeeze["blocks"]]

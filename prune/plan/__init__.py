@@ -1,8 +1,9 @@
 """Planning: which blocks to remove for a target, and why.
 
 `plan_pruning` turns the collector's scores and a target ("8-layers", "drop-4", "25%") into a `Plan`
-with a strategy from `STRATEGIES` (span, topk, cka, iterative, last, random); `required_metrics` says
-which scores a strategy needs collected. The ``iterative`` strategy also evaluates the model on
+with a strategy from `STRATEGIES` (span, span-repair, topk, cka, iterative, last, random); `required_metrics`
+says which scores a strategy needs collected. A run's default, ``auto``, is resolved from its repair by
+`resolve_strategy` (``span-repair`` when it repairs with ``linear``, ``span`` otherwise). The ``iterative`` strategy also evaluates the model on
 calibration data, given as a `SearchContext`.
 
 Example:
@@ -20,13 +21,14 @@ from prune.plan import repaired_span as _repaired_span
 from prune.plan import search as _search
 from prune.plan import strategies as _strategies
 from prune.plan.base import STRATEGIES, Plan, Selection, SelectRequest, Strategy
-from prune.plan.planner import get_strategy, plan_pruning, required_metrics
+from prune.plan.planner import AUTO, get_strategy, plan_pruning, required_metrics, resolve_strategy
 from prune.plan.search_context import SearchContext
 from prune.plan.targets import check_target_form, parse_target
 
 del _repaired_span, _search, _strategies
 
 __all__ = [
+    "AUTO",
     "STRATEGIES",
     "Plan",
     "PlanError",
@@ -39,4 +41,5 @@ __all__ = [
     "parse_target",
     "plan_pruning",
     "required_metrics",
+    "resolve_strategy",
 ]

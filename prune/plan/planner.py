@@ -17,13 +17,50 @@ if TYPE_CHECKING:
 # Other spellings users reach for; "cka_io" is the collector's name of the per-block CKA score.
 _METRIC_ALIASES = {"cka_io": "cka"}
 
+# `PlanOptions.strategy`'s default: not a strategy of its own, a choice made from the run's repair.
+AUTO = "auto"
+# What "auto" becomes: the span that is best after the repair when the run fits a least-squares map
+# (measured: SmolLM2-135M 30 -> 21, span + linear 519.6 vs span-repair + linear 85.3 held-out
+# perplexity, benchmarks/README.md), the plain span otherwise (no repair, or one it cannot rank by).
+AUTO_REPAIRED, AUTO_PLAIN = "span-repair", "span"
+
+
+def resolve_strategy(strategy: str, repair: str = "none", mlp: object = None) -> str:
+    """The strategy a run uses: `strategy` itself, or what ``auto`` stands for with this repair.
+
+    ``auto`` is ``span-repair`` (among the closest spans by angular distance, the one with the lowest
+    error after ``linear`` repair) when the run repairs with ``linear`` and the model's MLP placement is
+    known (`mlp`, the anatomy's `MlpAnatomy`: the map needs it), and ``span`` otherwise: with
+    ``--repair none`` or ``scale`` the closest span is the best plain cut.
+
+    Args:
+        strategy: a strategy name, or ``auto``.
+        repair: the run's repair method (``linear``, ``scale``, ``none``).
+        mlp: the model's MLP anatomy (None: unknown, so no map can be fitted).
+
+    Example:
+        >>> resolve_strategy("auto", "linear", mlp=object()), resolve_strategy("auto", "none")
+        ('span-repair', 'span')
+        >>> resolve_strategy("topk", "linear", mlp=object())
+        'topk'
+    """
+    if strategy != AUTO:
+        return strategy
+    return AUTO_REPAIRED if repair == "linear" and mlp is not None else AUTO_PLAIN
+
 
 def get_strategy(name: str) -> Strategy:
-    """The registered strategy `name`, or a PlanError that lists the valid names."""
+    """The registered strategy `name`, or a PlanError that lists the valid names.
+
+    ``auto`` is resolved first (`resolve_strategy`); asked for here it means its plain form, ``span``,
+    whose scores and search needs are the same as ``span-repair``'s scores.
+    """
+    if name == AUTO:
+        name = AUTO_PLAIN
     try:
         return STRATEGIES.get(name)
     except KeyError as err:
-        raise PlanError(f"{err.args[0]} (--strategy)") from None
+        raise PlanError(f"{err.args[0]} (--strategy; or auto)") from None
 
 
 def _metric(strategy: Strategy, metric: str | None) -> str | None:
@@ -36,7 +73,8 @@ def required_metrics(strategy: str, metric: str | None = None) -> tuple[str, ...
     """The metrics `prune.collect.collect_stats` must gather for `strategy` ranking by `metric`.
 
     Args:
-        strategy: a registered strategy name (``span``, ``topk``, ``cka``, ``iterative``, ``last``, ``random``).
+        strategy: a registered strategy name (``span``, ``topk``, ``cka``, ``iterative``, ``last``, ``random``),
+            or ``auto`` (whichever it resolves to: ``span`` and ``span-repair`` rank by the same scores).
         metric: the metric to rank by, or None for the strategy's default.
 
     Returns:
@@ -91,6 +129,11 @@ def plan_pruning(
         >>> plan_pruning({"angular": angular}, 2, "drop-1", "span", allow_last=True).drop
         (1,)
     """
+    if strategy == AUTO:
+        raise PlanError(
+            "strategy 'auto' depends on the run's repair; resolve it first with "
+            "prune.plan.resolve_strategy('auto', repair, anatomy.mlp), or name a strategy (span, span-repair, ...)"
+        )
     chosen = get_strategy(strategy)
     resolved = _metric(chosen, metric)
     if not isinstance(scores, Mapping):

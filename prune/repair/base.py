@@ -94,6 +94,8 @@ class RepairReport:
         warnings: spans left unrepaired and why.
         refit: the error-correcting refit after the maps (`prune.repair.refit.RefitReport.to_dict`), or
             None when it was not asked for.
+        guard: the repair guard's verdict (`prune.repair.guard.GuardResult.to_dict`; ``kept: plain`` when
+            the repair raised the held-back loss and the plain cut was kept), or None when not guarded.
     """
 
     method: str
@@ -103,6 +105,13 @@ class RepairReport:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     refit: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None
+
+    @property
+    def applied(self) -> bool:
+        """Whether the repaired model was kept (False: no map fitted, or the guard kept the plain cut)."""
+        fitted = any(span.skipped is None for span in self.spans) or self.refit is not None
+        return self.method != "none" and fitted and (self.guard or {}).get("kept") != "plain"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict for the pruning report and model card."""
@@ -114,6 +123,7 @@ class RepairReport:
             "spans": [asdict(span) for span in self.spans],
             "warnings": list(self.warnings),
             "refit": self.refit,
+            "guard": self.guard,
         }
 
 

@@ -253,7 +253,9 @@ def repair_cut(
     options = dict(
         objective=objective, ridge=ridge, max_tokens=max_tokens, skip_tokens=skip_tokens, progress=progress
     )
-    if order == "one-pass":
+    if not spans:
+        pass  # every span starts at block 0 (recorded above as a plain cut): nothing to fit
+    elif order == "one-pass":
         tasks = [SpanTask(f"{a}-{b}", a - 1 if a > 0 else None, b) for a, b in spans]
         fits, tokens = fit_spans(original, anatomy, batches, tasks, chosen, **options)
         share = (time.perf_counter() - started) / max(1, len(spans))

@@ -29,6 +29,8 @@ class RunContext:
         loaded: the `prune.loading.LoadedModel`, from `load`.
         anatomy: where its blocks are, from `load`.
         calib_batches: tokenized calibration batches, from `calibrate`.
+        guard_batches: held-back calibration sequences the repair guard scores on (nothing is fitted on
+            them; empty unless the run guards a repair), from `calibrate`.
         stats: the collector's `LayerStats` (None without a depth target), from `collect`.
         scores: the per-metric score tensors, from `collect`.
         plan: the `prune.plan.Plan`, from `plan`.
@@ -51,6 +53,7 @@ class RunContext:
     loaded: Any = None
     anatomy: Any = None
     calib_batches: list | None = None
+    guard_batches: list | None = None
     stats: Any = None
     scores: dict | None = None
     plan: Any = None

@@ -77,22 +77,58 @@ def load(ctx: RunContext, *, device: str | None = None) -> RunContext:
 def calibrate(ctx: RunContext) -> RunContext:
     """Tokenize the calibration texts into batches (packed for causal LMs, one text per row otherwise).
 
+    A run whose repair is guarded (`RepairOptions.repair_guard`) also gets ``ctx.guard_batches``: a
+    quarter as many further sequences of the same calibration text (`GUARD_FRACTION`), which nothing is
+    fitted on; the calibration batches themselves are the same with or without them.
+
     Example:
         >>> len(calibrate(ctx).calib_batches)  # doctest: +SKIP
         16
     """
-    from prune.data import make_batches
+    from prune.data import make_batch_split
 
     options = ctx.options
-    ctx.calib_batches = make_batches(
+    ctx.calib_batches, ctx.guard_batches = make_batch_split(
         ctx.tokenizer,
         ctx.checked.calib_texts,
         seq_len=options.seq_len,
         batch_size=options.batch_size,
         num_samples=options.calib_samples,
         packed=ctx.loaded.kind == ModelKind.CAUSAL_LM,
+        held_back=guard_samples(options),
     )
     return ctx
+
+
+# The repair guard's held-back sequences, as a share of the calibration sequences (the budget search
+# holds back the same share, `prune.budget.build.HELD_BACK_FRACTION`).
+GUARD_FRACTION = 0.25
+
+
+def guard_samples(options: Any) -> int:
+    """How many held-back sequences the run needs (0: none): for the repair guard, and for strategy
+    ``auto`` with several ``auto_candidates`` (it compares their repaired cuts on them).
+
+    Example:
+        >>> from prune.options import PruneOptions
+        >>> guard_samples(PruneOptions(model="m", target="drop-1", calib_samples=128))
+        32
+        >>> guard_samples(PruneOptions(model="m", target="drop-1", repair="none"))
+        0
+    """
+    guarded = (
+        (
+            getattr(options, "repair_guard", False)
+            or (
+                getattr(options, "strategy", None) == "auto"
+                and "," in getattr(options, "auto_candidates", "")
+            )
+        )
+        and getattr(options, "target", None) is not None
+        and getattr(options, "repair", "none") != "none"
+        and getattr(options, "budget", None) is None  # the budget search holds back its own quarter
+    )
+    return max(1, round(GUARD_FRACTION * options.calib_samples)) if guarded else 0
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, name: str):

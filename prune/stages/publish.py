@@ -30,7 +30,7 @@ def recipe_values(options: Any) -> dict[str, Any]:
         >>> from prune.options import PruneOptions
         >>> values = recipe_values(PruneOptions(model="minilm-l6", target="4-layers", out="x"))
         >>> values["target"], values["strategy"], "out" in values
-        ('4-layers', 'span', False)
+        ('4-layers', 'auto', False)
     """
     from prune.jsonable import to_jsonable
 
@@ -78,7 +78,9 @@ def command_for(options: Any) -> str:
         flag = "--" + name.replace("_", "-")
         if value is True:
             words.append(flag)
-        elif value is not False and value is not None:
+        elif value is False:
+            words.append("--no-" + name.replace("_", "-"))  # a default-on switch turned off
+        elif value is not None:
             words += [flag, str(value)]
     return "prune-llm " + shlex.join(words)
 
