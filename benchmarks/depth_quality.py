@@ -170,15 +170,13 @@ def run(args, out: Path) -> None:
         if METHODS[label][2] == "tokens" and label != "default"
         for m in required_metrics(METHODS[label][0], METHODS[label][1])
     }
-    if "default" in methods:  # what the run's `collect` stage gathers: its strategy's and every report's
-        from prune.vocab import SCORE_METRICS
-
+    if "default" in methods:  # what the run's plan reads (its `collect` also gathers the report's scores)
         strategy = defaults.strategy
         with contextlib.suppress(ImportError):
-            from prune.stages.depth import run_strategy
+            from prune.stages.depth import run_strategy  # `auto` resolved as the run resolves it
 
             strategy = run_strategy(defaults, anatomy)
-        needed |= set(required_metrics(strategy, defaults.metric)) | set(SCORE_METRICS)
+        needed |= set(required_metrics(strategy, defaults.metric))
     needed |= {"angular"} if "span-repair" in methods else set()
     start = time.perf_counter()
     scores: dict[str, dict] = {"tokens": {}}  # random, last and iterative alone read no score

@@ -129,7 +129,9 @@ def depth_tables(data: dict) -> str:
     dense = next(r for r in data["rows"] if r["method"] == "dense")
     drops = sorted({r["drop"] for r in rows})
     repairs = list(dict.fromkeys(r["repair"] for r in rows))
-    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: m != "default")  # ours first
+    methods = sorted(
+        dict.fromkeys(r["method"] for r in rows), key=lambda m: (m != "default", not m.startswith("default"))
+    )  # ours first
     from benchmarks.depth_quality import METHODS
 
     described = {name: entry[3] for name, entry in METHODS.items()} | data.get("protocol", {}).get(
@@ -216,6 +218,9 @@ def _default_label(rows: list[dict]) -> str:
     """What the default rows ran: `prune-llm MODEL --target N-layers`, with the options they recorded."""
     options = next((r.get("options") for r in rows if r.get("options")), {})
     said = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+    used = sorted({r["strategy"] for r in rows if r.get("strategy")})
+    if options.get("strategy") == "auto" and used:  # what `auto` resolved to on this model
+        said = said.replace("strategy auto", f"strategy auto (= {', '.join(used)})", 1)
     return f"`prune-llm MODEL --target N-layers`, the library's stages: {said}"
 
 
