@@ -13,8 +13,11 @@ run) and a PNG curve of quality against blocks removed is drawn from them.
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py minilm-l6 --drops 1,2
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py mpnet-base --drops 2,4
 
-"ours (default)" is what `prune-llm MODEL --target N-layers` does with its default options
-(`prune.options.PruneOptions`): read from there, not restated here.
+The ``default`` method is what `prune-llm MODEL --target N-layers` does with its default options
+(`prune.options.PruneOptions`, read from there, not restated here): the library's own `plan`, `cut`
+and `repair` stages (`prune.stages`) on this harness's calibration batches and scores, so the refit,
+the repair guard and any later change of the defaults are measured as the CLI runs them. A plan
+already made for the same method, depth and seed (here or in the file resumed) is reused.
 """
 
 from __future__ import annotations
