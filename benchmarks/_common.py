@@ -16,6 +16,7 @@ import resource
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ class Results:
             old = json.loads(self.path.read_text())
             self.data["rows"] = old.get("rows", [])
             self.data.update({k: v for k, v in old.items() if k not in self.data})
+            # every command that added rows, oldest first, so the file says how all of it was made
+            earlier = old.get("commands") or [old.get("command")]
+            self.data["commands"] = [*filter(None, earlier), self.data["command"]]
         self._done = {row["key"] for row in self.data["rows"]}
 
     def done(self, key: str) -> bool:
@@ -137,6 +141,86 @@ def protocol_data(tokenizer: Any, kind: str, *, calib_samples: int, seq_len: int
         "seed": seed,
     }
     return batches, eval_texts, protocol
+
+
+@dataclass
+class Setup:
+    """What a quality benchmark starts from: the model, its calibration batches and held-out protocol."""
+
+    model: Any
+    tokenizer: Any
+    kind: str
+    anatomy: Any
+    loaded: Any
+    calib: list
+    eval_texts: list[str]
+    protocol: dict[str, Any]
+    settings: Any
+
+
+def load_protocol(
+    model: str,
+    *,
+    calib_samples: int,
+    eval_samples: int,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    speed: bool = False,
+    repeats: int = 5,
+) -> Setup:
+    """Load `model` on the CPU in float32 and build the shared protocol: `protocol_data` and its `EvalSettings`.
+
+    Args:
+        model: an alias or path for `prune.loading.load_model`.
+        calib_samples: calibration windows (statistics, search and every fit).
+        eval_samples: held-out windows the quality is measured on.
+        seq_len: tokens per window.
+        batch_size: windows per batch.
+        seed: the text-split seed.
+        speed: also time the models (`prune.evaluation.speed`), `repeats` forward passes each.
+        repeats: timed passes per model when `speed` is on.
+
+    Returns:
+        A `Setup`; its ``protocol`` records ``eval_samples`` as well.
+
+    Example:
+        >>> setup = load_protocol("minilm-l6", calib_samples=16, eval_samples=8)  # doctest: +SKIP
+    """
+    from prune.anatomy import get_anatomy
+    from prune.evaluation import EvalSettings
+    from prune.loading import load_model
+
+    loaded = load_model(model, device="cpu", dtype="float32", progress=False)
+    calib, eval_texts, protocol = protocol_data(
+        loaded.tokenizer,
+        loaded.kind,
+        calib_samples=calib_samples,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    protocol["eval_samples"] = eval_samples
+    extra = {"repeats": repeats} if speed else {}
+    settings = EvalSettings(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        num_samples=eval_samples,
+        generation=False,
+        speed=speed,
+        **extra,
+    )
+    return Setup(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        kind=loaded.kind,
+        anatomy=get_anatomy(loaded.model),
+        loaded=loaded,
+        calib=calib,
+        eval_texts=eval_texts,
+        protocol=protocol,
+        settings=settings,
+    )
 
 
 def quality_keys(kind: str) -> tuple[str, ...]:

@@ -13,13 +13,17 @@ run) and a PNG curve of quality against blocks removed is drawn from them.
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py minilm-l6 --drops 1,2
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/depth_quality.py mpnet-base --drops 2,4
 
-"ours (default)" is what `prune-llm MODEL --target N-layers` does with its default options
-(`prune.options.PruneOptions`): read from there, not restated here.
+The ``default`` method is what `prune-llm MODEL --target N-layers` does with its default options
+(`prune.options.PruneOptions`, read from there, not restated here): the library's own `plan`, `cut`
+and `repair` stages (`prune.stages`) on this harness's calibration batches and scores, so the refit,
+the repair guard and any later change of the defaults are measured as the CLI runs them. A plan
+already made for the same method, depth and seed (here or in the file resumed) is reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -37,6 +41,13 @@ METHODS: dict[str, tuple[str, str | None, str, str]] = {
         None,
         "tokens",
         "ours: the closest spans, refitted, lowest repaired error",
+    ),
+    # not one strategy: the library's plan, cut and repair stages with `PruneOptions` defaults
+    "default": (
+        "default",
+        None,
+        "tokens",
+        "`prune-llm MODEL --target N-layers`: the library's stages, defaults",
     ),
 }
 REPAIRS = ("none", "scale", "linear")
@@ -95,33 +106,23 @@ def main() -> None:
 
 
 def run(args, out: Path) -> None:
-    from benchmarks._common import Results, protocol_data
-    from prune.anatomy import get_anatomy
+    from benchmarks._common import Results, load_protocol
     from prune.collect import collect_stats
-    from prune.evaluation import EvalSettings, evaluate_model
-    from prune.loading import load_model
+    from prune.evaluation import evaluate_model
     from prune.options import PruneOptions
     from prune.plan import SearchContext, required_metrics
 
     defaults = PruneOptions(model=args.model, target="drop-1")  # the options of a plain `--target` run
-    loaded = load_model(args.model, device="cpu", dtype="float32", progress=False)
-    model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
-    anatomy = get_anatomy(model)
-    calib, eval_texts, protocol = protocol_data(
-        tokenizer,
-        kind,
+    setup = load_protocol(
+        args.model,
         calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    settings = EvalSettings(
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        num_samples=args.eval_samples,
-        generation=False,
-        speed=False,
-    )
+    model, tokenizer, kind, anatomy = setup.model, setup.tokenizer, setup.kind, setup.anatomy
+    calib, eval_texts, protocol, settings = setup.calib, setup.eval_texts, setup.protocol, setup.settings
     # Encoders are scored against the original's embeddings; causal LMs by their own perplexity (a KL to
     # the original would run it again for every row).
     reference = model if kind == "encoder" else None
@@ -169,16 +170,22 @@ def run(args, out: Path) -> None:
     needed = {
         m
         for label in methods
-        if METHODS[label][2] == "tokens"
+        if METHODS[label][2] == "tokens" and label != "default"
         for m in required_metrics(METHODS[label][0], METHODS[label][1])
     }
+    if "default" in methods:  # what the run's plan reads (its `collect` also gathers the report's scores)
+        strategy = defaults.strategy
+        with contextlib.suppress(ImportError):
+            from prune.stages.depth import run_strategy  # `auto` resolved as the run resolves it
+
+            strategy = run_strategy(defaults, anatomy)
+        needed |= set(required_metrics(strategy, defaults.metric))
     needed |= {"angular"} if "span-repair" in methods else set()
     start = time.perf_counter()
-    scores = {
-        "tokens": collect_stats(
-            model, calib, anatomy=anatomy, metrics=sorted(needed), progress=False
-        ).scores()
-    }
+    scores: dict[str, dict] = {"tokens": {}}  # random, last and iterative alone read no score
+    if needed:
+        stats = collect_stats(model, calib, anatomy=anatomy, metrics=sorted(needed), progress=False)
+        scores["tokens"] = stats.scores()
     collect_s = {"tokens": _since(start)}
     if any(METHODS[label][2] == "last" for label in methods):
         start = time.perf_counter()
@@ -196,8 +203,12 @@ def run(args, out: Path) -> None:
     # repair-major in the order given, then the one-pass refits, random last: a run stopped early
     # has every depth of the scored methods with the first repair
     drops = [int(d) for d in args.drops.split(",")]
-    scored = [label for label in methods if label != "random"]
+    scored = [label for label in methods if label not in ("random", "default")]
+    # the default pipeline first: it is the row every other is compared with
     cases = [
+        ("default", drop, defaults.repair, "default", args.seed) for drop in drops if "default" in methods
+    ]
+    cases += [
         (label, drop, repair, "sequential", args.seed)
         for repair in repairs
         for label in scored
@@ -222,6 +233,11 @@ def run(args, out: Path) -> None:
             ]
             if sequential and len(_spans(sequential[0]["blocks"])) < 2:
                 continue  # one span: both orders are the same fit
+        if label == "default":
+            row = _measure_default(setup, scores, args, drop, args.seed, evaluate)
+            results.add(key, row)
+            print(_line(row), flush=True)
+            continue
         row = _measure(
             model,
             anatomy,
@@ -253,19 +269,33 @@ def _measure(
     from prune.surgery import remove_blocks
 
     strategy, metric, mode, _ = METHODS[label]
-    start = time.perf_counter()
-    plan = plan_pruning(
-        scores[mode],
-        anatomy.num_blocks,
-        f"drop-{drop}",
-        strategy,
-        metric=metric,
-        seed=seed,
-        search=search if getattr(_strategy(strategy), "needs_search", False) else None,
+    # Every strategy is deterministic for one protocol and seed, so a plan already made for this method,
+    # depth and seed (another repair's row, here or in the file resumed) is reused, not searched again.
+    planned = next(
+        (
+            r
+            for r in done
+            if (r.get("method"), r.get("drop"), r.get("seed")) == (label, drop, seed) and "blocks" in r
+        ),
+        None,
     )
+    start = time.perf_counter()
+    if planned is not None:
+        blocks, plan_from = tuple(planned["blocks"]), planned.get("plan_from", planned["key"])
+    else:
+        blocks = plan_pruning(
+            scores[mode],
+            anatomy.num_blocks,
+            f"drop-{drop}",
+            strategy,
+            metric=metric,
+            seed=seed,
+            search=search if getattr(_strategy(strategy), "needs_search", False) else None,
+        ).drop
+        plan_from = None
     plan_s = _since(start)
     start = time.perf_counter()
-    pruned = remove_blocks(model, plan.drop, anatomy=anatomy, share_weights=True)
+    pruned = remove_blocks(model, blocks, anatomy=anatomy, share_weights=True)
     surgery_s = _since(start)
     row = {
         "method": label,
@@ -276,7 +306,8 @@ def _measure(
         "repair": repair,
         "order": order,
         "seed": seed,
-        "blocks": list(plan.drop),
+        "blocks": list(blocks),
+        **({"plan_from": plan_from} if plan_from else {}),
     }
     for old in done:
         same = (old.get("blocks"), old.get("repair"), old.get("order"), old.get("drop")) == (
@@ -291,7 +322,7 @@ def _measure(
     start = time.perf_counter()
     try:
         report = repair_cut(
-            model, pruned, plan.drop, calib, method=repair, anatomy=anatomy, order=order, progress=False
+            model, pruned, blocks, calib, method=repair, anatomy=anatomy, order=order, progress=False
         )
     except RepairError as err:  # recorded, not hidden: the table shows the method cannot repair this cut
         return {**row, "error": str(err), "plan_s": plan_s, "repair_s": _since(start), "eval_s": 0.0}
@@ -310,6 +341,102 @@ def _measure(
     }
 
 
+def _measure_default(setup, scores, args, drop: int, seed: int, evaluate) -> dict:
+    """What `prune-llm MODEL --target N-layers` does: the library's `plan`, `cut` and `repair` stages on
+    the harness's calibration batches and scores, every option at its `PruneOptions` default (so a
+    changed default is measured as it is, refit and repair guard included). The run's sizes are the
+    protocol's (``--calib-samples``, ``--seq-len``, ``--batch-size``), so where the defaults hold
+    calibration sequences back (the repair guard's), they are the ones `calibrate` would hold back:
+    the sequences after the calibration ones, nothing fitted on them."""
+    from prune import stages
+    from prune.options import PruneOptions
+
+    options = PruneOptions(
+        model=args.model,
+        target=f"drop-{drop}",
+        seed=seed,
+        calib_samples=args.calib_samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+    )
+    ctx = stages.RunContext(
+        options,
+        loaded=setup.loaded,
+        anatomy=setup.anatomy,
+        calib_batches=setup.calib,
+        scores=scores["tokens"],
+        progress=False,
+    )
+    held = _held_back(setup, options, args.seed)
+    if held is not None:
+        ctx.guard_batches = held
+    times = {}
+    for name in ("plan", "cut", "repair"):
+        start = time.perf_counter()
+        ctx = getattr(stages, name)(ctx)
+        times[f"{'surgery' if name == 'cut' else name}_s"] = _since(start)
+    start = time.perf_counter()
+    quality = evaluate(ctx.pruned)
+    report = ctx.repair
+    fields = (
+        "strategy",
+        "metric",
+        "repair",
+        "repair_order",
+        "refit",
+        "refit_blocks",
+        "repair_guard",
+        "search_objective",
+    )
+    asked = PruneOptions(model=args.model, target=f"drop-{drop}")  # before `plan` resolves `auto`
+    return {
+        "method": "default",
+        "strategy": ctx.plan.strategy,
+        "drop": drop,
+        "repair": options.repair,
+        "order": "default",
+        "seed": seed,
+        "blocks": list(ctx.plan.drop),
+        "options": {name: getattr(asked, name) for name in fields if hasattr(asked, name)},
+        "plan_reason": ctx.plan.reason,
+        "auto_candidates": ctx.plan.details.get("auto_candidates"),
+        "guard": getattr(report, "guard", None),
+        "guard_sequences": sum(len(b["input_ids"]) for b in held) if held else 0,
+        "repair_applied": report.method,
+        "refit": report.refit,
+        **quality,
+        "residuals": [(s.first, s.last, s.residual_before, s.residual_after) for s in report.spans],
+        "warnings": list(report.warnings),
+        **times,
+        "eval_s": _since(start),
+    }
+
+
+def _held_back(setup, options, seed: int) -> list | None:
+    """The held-back calibration batches the run's `calibrate` stage would make (None: the library
+    holds none back, or this version has no such stage)."""
+    try:
+        from prune.data import load_texts, make_batch_split
+        from prune.stages.prepare import guard_samples
+    except ImportError:
+        return None
+    count = guard_samples(options)
+    if not count:
+        return None
+    fit, held = make_batch_split(
+        setup.tokenizer,
+        load_texts("default", purpose="calib", seed=seed),
+        seq_len=options.seq_len,
+        batch_size=options.batch_size,
+        num_samples=options.calib_samples,
+        packed=setup.kind == "causal-lm",
+        held_back=count,
+    )
+    if [b["input_ids"].tolist() for b in fit] != [b["input_ids"].tolist() for b in setup.calib]:
+        raise SystemExit("the held-back split changed the calibration batches; fix benchmarks/_common first")
+    return held
+
+
 def _merge(out: Path, others: list[str]) -> None:
     """Rows of runs of the same protocol split over processes (e.g. one depth each), into one file."""
     import json
@@ -318,10 +445,12 @@ def _merge(out: Path, others: list[str]) -> None:
     keys = {row["key"] for row in data["rows"]}
     for other in others:
         extra = json.loads(Path(other).read_text())
-        if extra["protocol"] != data["protocol"] | {"methods": extra["protocol"]["methods"]}:
+        # the methods may differ, and so may the recorded defaults: the pipeline's rows carry their options
+        mine = {k: v for k, v in data["protocol"].items() if k not in ("methods", "default")}
+        if {k: v for k, v in extra["protocol"].items() if k not in ("methods", "default")} != mine:
             raise SystemExit(f"{other} was measured with another protocol than {out}; not merged")
         data["rows"] += [row for row in extra["rows"] if row["key"] not in keys]
-        data.setdefault("merged_commands", []).append(extra["command"])
+        data.setdefault("merged_commands", []).extend(extra.get("commands") or [extra["command"]])
     out.write_text(json.dumps(data, indent=1))
 
 
@@ -359,7 +488,9 @@ def plot_depth(data: dict, path: Path) -> Path:
 
     key = quality_keys(data["kind"])[0]
     rows = [
-        r for r in data["rows"] if r["method"] != "dense" and r.get("order", "sequential") == "sequential"
+        r
+        for r in data["rows"]
+        if r["method"] != "dense" and r.get("order", "sequential") in ("sequential", "default")
     ]
     dense = next(r[key] for r in data["rows"] if r["method"] == "dense")
     repairs = list(dict.fromkeys(r["repair"] for r in rows))

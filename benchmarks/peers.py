@@ -84,21 +84,16 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out or f"benchmarks/results/peers_{args.model}.json")
 
-    from benchmarks._common import Results, protocol_data
-    from prune.anatomy import get_anatomy
-    from prune.evaluation import EvalSettings, evaluate_model
+    from benchmarks._common import Results, load_protocol
+    from prune.evaluation import evaluate_model
     from prune.loading import load_model
     from prune.output import save_model
 
-    loaded = load_model(args.model, device="cpu", dtype="float32", progress=False)
-    model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
-    anatomy = get_anatomy(model)
-    calib, eval_texts, protocol = protocol_data(
-        tokenizer, kind, calib_samples=args.calib_samples, seq_len=args.seq_len, batch_size=8, seed=0
+    setup = load_protocol(
+        args.model, calib_samples=args.calib_samples, eval_samples=args.eval_samples, seq_len=args.seq_len
     )
-    settings = EvalSettings(
-        seq_len=args.seq_len, batch_size=8, num_samples=args.eval_samples, generation=False, speed=False
-    )
+    model, tokenizer, kind, anatomy = setup.model, setup.tokenizer, setup.kind, setup.anatomy
+    calib, eval_texts, protocol, settings = setup.calib, setup.eval_texts, setup.protocol, setup.settings
     work = CACHE / "peer-work" / args.model
     source = work / "original"
     if not (source / "config.json").exists():

@@ -78,6 +78,10 @@ def header(data: dict) -> str:
         return f"*Rendered from `benchmarks/results/{data['_name']}` (projected from `{data.get('measured_from')}`).*"
     m = data["machine"]
     p = data.get("protocol", {})
+    # every command whose rows the file holds: the resumed runs, then the files merged into it
+    commands = "\n".join(
+        dict.fromkeys([*(data.get("commands") or [data["command"]]), *data.get("merged_commands", [])])
+    )
     threads = f"{m['torch_threads']} torch thread(s), OMP_NUM_THREADS={m.get('omp_num_threads')}"
     sizes = (
         f"{p.get('calib_samples')} calibration windows ({p.get('calib_tokens')} tokens), {p.get('eval_samples')} "
@@ -86,7 +90,7 @@ def header(data: dict) -> str:
     return (
         f"*Rendered from `benchmarks/results/{Path(data.get('_name', '')).name or '?'}`: measured {data['date']} on "
         f"{m['device']} ({m['cpu']}, {threads}; torch {m['torch']}); {sizes}; peak RSS {data.get('peak_rss_mib', 0):.0f} "
-        f"MiB.*\n\n```\n{data['command']}\n```"
+        f"MiB.*\n\n```\n{commands}\n```"
     )
 
 
@@ -95,6 +99,8 @@ def _fmt(value: float | None, kind: str) -> str:
         return "-"
     if abs(value) >= 1e5:  # a collapsed model: the order of magnitude is what matters
         return f"{value:.2g}"
+    if abs(value) >= 1e3 and kind == "causal-lm":
+        return f"{value:.0f}"
     return f"{value:.2f}" if kind == "causal-lm" else f"{value:.3f}"
 
 
@@ -112,7 +118,8 @@ def _cells(rows: list[dict], key: str, kind: str) -> str:
         return _fmt(values[0], kind)
     mean, spread = statistics.fmean(values), statistics.pstdev(values)
     note = f" ({len(rows) - len(values)} n/a)" if len(values) < len(rows) else ""
-    return f"{_fmt(mean, kind)} ± {_fmt(spread, kind)}{note}"
+    # a few collapsed draws dominate a mean of perplexities: the median says what a typical draw gives
+    return f"{_fmt(mean, kind)} ± {_fmt(spread, kind)} (median {_fmt(statistics.median(values), kind)}){note}"
 
 
 def depth_tables(data: dict) -> str:
@@ -122,7 +129,9 @@ def depth_tables(data: dict) -> str:
     dense = next(r for r in data["rows"] if r["method"] == "dense")
     drops = sorted({r["drop"] for r in rows})
     repairs = list(dict.fromkeys(r["repair"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = sorted(
+        dict.fromkeys(r["method"] for r in rows), key=lambda m: (m != "default", not m.startswith("default"))
+    )  # ours first
     from benchmarks.depth_quality import METHODS
 
     described = {name: entry[3] for name, entry in METHODS.items()} | data.get("protocol", {}).get(
@@ -133,6 +142,7 @@ def depth_tables(data: dict) -> str:
     total = data["num_blocks"]
 
     def pick(method, drop, repair, order="sequential"):
+        order = "default" if method.startswith("default") else order  # the pipeline's own rows
         return [
             r
             for r in rows
@@ -143,15 +153,25 @@ def depth_tables(data: dict) -> str:
     lines = [
         f"Held-out {key} ({better} is better; dense {_fmt(dense[key], kind)}). Columns: blocks before -> after, "
         "repair (none: plain cut; scale: Prune&Comp; linear: ReplaceMe least squares, sequential over spans). "
-        "Random: mean ± spread (population std) of the seeds; n/a: the repair cannot apply to that cut.",
+        "Random: mean ± spread (population std) of the seeds, and their median; n/a: the repair cannot apply to "
+        "that cut.",
         "",
         head,
         "|---|" + "---:|" * (len(drops) * len(repairs)),
     ]
+    pipeline = [r for r in rows if r["method"] == "default"]
     for method in methods:
-        label = f"**{method}** ({described.get(method, '')})" if described.get(method) else f"**{method}**"
-        if method == default["strategy"]:
+        # a row may carry its own label (rows kept from an earlier default, renamed)
+        said = described.get(method) or next(
+            (r["label"] for r in rows if r["method"] == method and "label" in r), ""
+        )
+        label = f"**{method}** ({said})" if said else f"**{method}**"
+        if method == "default":
+            label = f"**our default** ({_default_label(pipeline)})"
+        elif method == default["strategy"] and not pipeline:
             label += f"; with {default['repair']}: **our default**"
+        elif method == default["strategy"]:
+            label += f"; with {default['repair']}: the default's plan and repair without the refit"
         cells = [_cells(pick(method, d, rep), key, kind) for d in drops for rep in repairs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
@@ -194,6 +214,16 @@ def depth_tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _default_label(rows: list[dict]) -> str:
+    """What the default rows ran: `prune-llm MODEL --target N-layers`, with the options they recorded."""
+    options = next((r.get("options") for r in rows if r.get("options")), {})
+    said = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+    used = sorted({r["strategy"] for r in rows if r.get("strategy")})
+    if options.get("strategy") == "auto" and used:  # what `auto` resolved to on this model
+        said = said.replace("strategy auto", f"strategy auto (= {', '.join(used)})", 1)
+    return f"`prune-llm MODEL --target N-layers`, the library's stages: {said}"
+
+
 def verdict(data: dict) -> str:
     """Where our default does not beat a baseline, with the numbers (every method x repair, per depth)."""
     kind, key = data["kind"], _quality_key(data)
@@ -201,14 +231,18 @@ def verdict(data: dict) -> str:
     sign = 1 if kind == "causal-lm" else -1  # lower perplexity / higher fidelity wins
     rows = [r for r in data["rows"] if r["method"] != "dense" and key in r]
     out = []
+    pipeline = any(r["method"] == "default" for r in rows)
     for drop in sorted({r["drop"] for r in rows}):
         here = [r for r in rows if r["drop"] == drop]
-        ours = [
-            r
-            for r in here
-            if (r["method"], r["repair"], r.get("order"))
-            == (default["strategy"], default["repair"], "sequential")
-        ]
+        if pipeline:  # the pipeline's own rows; without them, the strategy + repair of the defaults
+            ours = [r for r in here if r["method"] == "default"]
+        else:
+            ours = [
+                r
+                for r in here
+                if (r["method"], r["repair"], r.get("order"))
+                == (default["strategy"], default["repair"], "sequential")
+            ]
         if not ours:
             continue
         mine = ours[0][key]
@@ -224,9 +258,8 @@ def verdict(data: dict) -> str:
                     f"{method}+{repair}{'' if order == 'sequential' else ' ' + order} {_fmt(value, kind)}"
                 )
         status = "no other row is better" if not beaten else "is beaten by " + ", ".join(beaten)
-        out.append(
-            f"- drop {drop}: our default ({default['strategy']} + {default['repair']}) {_fmt(mine, kind)} {status}"
-        )
+        what = "the pipeline" if pipeline else f"{default['strategy']} + {default['repair']}"
+        out.append(f"- drop {drop}: our default ({what}) {_fmt(mine, kind)} {status}")
     return "Our default against every other row (method + repair; random as its mean):\n\n" + "\n".join(out)
 
 
@@ -238,7 +271,9 @@ def width_tables(data: dict) -> str:
     width = [r for r in rows if r.get("key", "").startswith("width|")]
     keeps = sorted({r["keep"] for r in width}, reverse=True)
     methods = list(dict.fromkeys(r["method"] for r in width))
-    described = data.get("protocol", {}).get("methods", {})
+    from benchmarks.width_quality import METHODS as WIDTH_METHODS
+
+    described = WIDTH_METHODS | data.get("protocol", {}).get("methods", {})
     better = "lower" if kind == "causal-lm" else "higher"
     lines = [
         f"Held-out {key} ({better} is better) at FFN keep fraction; dense {_fmt(dense[key], kind)}, "
@@ -258,7 +293,9 @@ def width_tables(data: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds if seconds is not None else ''} |")
     lines += [
         "",
-        "Parameters and latency (ms per batch, median of 5; the CPU is shared, so +-20%):",
+        "Parameters and latency (ms per batch, median of 5). The latencies were taken on the shared CPU, "
+        "in the runs listed above, under loads that changed between them: compare them only within one "
+        "run, not across keeps or with the dense row; the parameter counts are exact:",
         "",
         "| keep | params | latency ms (squeeze) | latency ms (dense) |",
         "|---:|---:|---:|---:|",

@@ -71,35 +71,26 @@ def run(args, out: Path) -> None:
 
     import torch
 
-    from benchmarks._common import Results, protocol_data
-    from prune.anatomy import get_anatomy
+    from benchmarks._common import Results, load_protocol
     from prune.budget.cost import ModelCosts
-    from prune.evaluation import EvalSettings, evaluate_model
-    from prune.loading import load_model
+    from prune.evaluation import evaluate_model
     from prune.width import squeeze_model
     from prune.width.stats import collect_ffn_stats
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, device="cpu", dtype="float32", progress=False)
-    model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
-    anatomy = get_anatomy(model)
-    costs = ModelCosts.from_model(model, anatomy)
-    calib, eval_texts, protocol = protocol_data(
-        tokenizer,
-        kind,
+    setup = load_protocol(
+        args.model,
         calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         seed=args.seed,
-    )
-    settings = EvalSettings(
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        num_samples=args.eval_samples,
-        generation=False,
         speed=True,
         repeats=5,
     )
+    model, tokenizer, kind, anatomy = setup.model, setup.tokenizer, setup.kind, setup.anatomy
+    calib, eval_texts, protocol, settings = setup.calib, setup.eval_texts, setup.protocol, setup.settings
+    costs = ModelCosts.from_model(model, anatomy)
     reference = model if kind == "encoder" else None
     timed: dict[int, dict] = {}  # parameter count -> speed: equal shapes run at the same speed
 
@@ -169,10 +160,11 @@ def run(args, out: Path) -> None:
             print(_line(row), flush=True)
     del stats
 
+    scores: dict = {}  # the angular scores of the original, collected once for every --pareto keep
     for keep in (float(k) for k in filter(None, args.pareto.split(","))):
         budget = costs.params_after((), round(keep * costs.intermediate_size))
         rows = _equal_params(
-            model, anatomy, costs, calib, budget, keep, args.pareto_method, results, evaluate
+            model, anatomy, costs, calib, budget, keep, args.pareto_method, results, evaluate, scores
         )
         for row in rows:
             print(_line(row), flush=True)
@@ -180,15 +172,25 @@ def run(args, out: Path) -> None:
     print(f"wrote {out} and {plot_width(results.data, out.with_suffix('.png'))}")
 
 
-def _equal_params(model, anatomy, costs, calib, budget, keep, method, results, evaluate) -> list[dict]:
-    """Depth alone and depth + width at the parameter count `budget` of width alone at `keep`."""
+def _equal_params(
+    model, anatomy, costs, calib, budget, keep, method, results, evaluate, scores: dict
+) -> list[dict]:
+    """Depth alone and depth + width at the parameter count `budget` of width alone at `keep`.
+
+    `scores` holds the original's angular scores: filled on first use (nothing is collected when every
+    row of this keep is already in the file), then shared by the other keeps.
+    """
     from prune.collect import collect_stats
     from prune.plan import plan_pruning
     from prune.repair import repair_cut
     from prune.surgery import remove_blocks
     from prune.width import squeeze_model
 
-    scores = collect_stats(model, calib, anatomy=anatomy, metrics=("angular",), progress=False).scores()
+    if all(results.done(f"pareto|{label}|{keep}") for label in ("depth", "depth+width")):
+        return []
+    if not scores:
+        stats = collect_stats(model, calib, anatomy=anatomy, metrics=("angular",), progress=False)
+        scores.update(stats.scores())
 
     def cut(drop: int):
         plan = plan_pruning(scores, anatomy.num_blocks, f"drop-{drop}", "span")

@@ -1,0 +1,43 @@
+"""benchmarks/render.py: the README's depth tables name the pipeline's own rows as our default."""
+
+from __future__ import annotations
+
+from benchmarks.render import depth_tables, verdict
+
+
+def _row(method, drop, repair, value, order="sequential", **extra):
+    return {"key": f"{drop}|{method}|{repair}|{order}|0", "method": method, "drop": drop, "repair": repair,
+            "order": order, "seed": 0, "blocks": [1, 2][:drop], "perplexity": value, **extra}  # fmt: skip
+
+
+def _data(rows):
+    return {
+        "kind": "causal-lm",
+        "num_blocks": 6,
+        "protocol": {"default": {"strategy": "span", "repair": "linear"}},
+        "rows": [{"key": "dense", "method": "dense", "drop": 0, "blocks": [], "perplexity": 10.0}, *rows],
+    }
+
+
+def test_the_pipeline_rows_are_our_default_and_the_verdict_compares_with_them():
+    options = {"strategy": "span", "repair": "linear", "refit": "auto"}
+    data = _data(
+        [
+            _row("default", 2, "linear", 12.0, order="default", options=options),
+            _row("span", 2, "linear", 13.0),
+            _row("topk", 2, "linear", 11.5),
+        ]
+    )
+    text = depth_tables(data)
+    line = next(line for line in text.splitlines() if line.startswith("| **our default**"))
+    assert "refit auto" in line and "12.00" in line
+    assert "the default's plan and repair without the refit" in text
+    said = verdict(data)
+    assert "our default (the pipeline) 12.00 is beaten by topk+linear 11.50" in said
+    assert "span+linear 13.00" not in said  # worse than ours: not listed
+
+
+def test_without_pipeline_rows_the_defaults_strategy_and_repair_stand_for_it():
+    data = _data([_row("span", 2, "linear", 12.0), _row("topk", 2, "linear", 13.0)])
+    assert "with linear: **our default**" in depth_tables(data)
+    assert "our default (span + linear) 12.00 no other row is better" in verdict(data)
