@@ -6,7 +6,8 @@ repairs well, and the closest span may not. This strategy takes the `candidates`
 distance, fits the ``linear`` repair of every one of them from ONE calibration pass over the original
 model (the sums of all candidates are accumulated together: O(d^2) memory per candidate), and keeps the
 span with the lowest repaired relative error ``||h_l' - h_e||^2 / ||h_e||^2``, in closed form from the
-sums (no forward pass per candidate). Spans starting at block 0 are not candidates: nothing before them
+sums (no forward pass per candidate), unless that error is within `margin` (5%) of the closest span's:
+then the closest span is kept. Spans starting at block 0 are not candidates: nothing before them
 can hold the map.
 """
 
@@ -27,11 +28,16 @@ class RepairedSpanStrategy(Strategy):
 
     Attributes:
         candidates: how many of the closest spans are fitted (one calibration pass for all of them).
+        margin: another span replaces the closest one only if its repaired error is lower by more than this
+            fraction. The error is measured on the calibration tokens, and a near tie says nothing about
+            held-out text (SmolLM2-135M 30 -> 24: blocks 12-17 repair to 0.00198, the closest span 13-18 to
+            0.00200; held-out perplexity 49.43 against 48.13 after the same repair and refit).
         objective: ``mse`` or ``relative`` (see `prune.repair.repair_cut`).
     """
 
     candidates: int = 8
     objective: str = "mse"
+    margin: float = 0.05
     pieces: int = 1
     needs_search: ClassVar[bool] = True
 
@@ -74,9 +80,11 @@ class RepairedSpanStrategy(Strategy):
             progress=search.progress,
         )
         repaired = {int(key): fit.residual_after for key, fit in fits.items()}
-        best = min(starts, key=lambda s: (repaired[s], s))
-        drop = tuple(range(best, best + num_drop))
         closest = starts[0]
+        best = min(starts, key=lambda s: (repaired[s], s))
+        if repaired[best] > (1.0 - self.margin) * repaired[closest]:
+            best = closest  # not clearly better after repair: the closest span, as span would cut
+        drop = tuple(range(best, best + num_drop))
         reason = (
             f"{describe_blocks(drop)} have the lowest error after linear repair among the {len(starts)} spans of "
             f"{num_drop} closest by angular distance: relative error {repaired[best]:.4f} (plain cut "
