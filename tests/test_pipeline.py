@@ -157,7 +157,7 @@ def test_refit_on_refits_the_blocks_after_the_junction_and_reports_them(minilm, 
     model, tokenizer = minilm
     common = {"model": "my-minilm", "target": "drop-2", "eval": "none", **FAST}
     result = prune.run_pruning(
-        PruneOptions(**common, refit="on", out=str(tmp_path / "out")),
+        PruneOptions(**common, refit="on", refit_blocks=0, out=str(tmp_path / "out")),
         model=model,
         tokenizer=tokenizer,
         progress=False,
@@ -170,6 +170,27 @@ def test_refit_on_refits_the_blocks_after_the_junction_and_reports_them(minilm, 
     from prune.card import _repair as card_repair_section
 
     assert "Refit (error-correcting" in card_repair_section(result.report["repair"])
+
+
+def test_the_default_refit_covers_three_blocks_from_the_junction(word_text_file, tmp_path):
+    # Measured on SmolLM2 (README): refitting 3 blocks beats refitting all of them; 0 asks for all.
+    from tests.word_models import word_llama, word_tokenizer
+
+    common = {"model": "tiny", "target": "drop-1", "eval": "none", "calib": word_text_file}
+    fast = {"calib_samples": 8, "seq_len": 16, "batch_size": 4}
+    blocks = {}
+    for refit_blocks in (None, 0):
+        extra = {} if refit_blocks is None else {"refit_blocks": refit_blocks}
+        result = prune.run_pruning(
+            PruneOptions(**common, **fast, **extra, out=str(tmp_path / f"out{refit_blocks}")),
+            model=word_llama(layers=8),
+            tokenizer=word_tokenizer(),
+            progress=False,
+        )
+        blocks[refit_blocks] = sorted({b["block"] for b in result.report["repair"]["refit"]["blocks"]})
+        first = min(result.plan.drop) - 1
+    assert blocks[None] == [first, first + 1, first + 2]
+    assert blocks[0] == list(range(first, 7))
 
 
 @pytest.mark.slow

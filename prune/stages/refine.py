@@ -37,7 +37,7 @@ def repair(ctx: RunContext) -> RunContext:
             skip_tokens=options.skip_tokens,
             progress=ctx.progress,
             refit=refit_after_cut(options.refit, ctx.anatomy),
-            refit_blocks=options.refit_blocks,
+            refit_blocks=options.refit_blocks or None,  # 0: every block after the junction
             refit_attention=options.refit_attention,
         )
     except RepairError as err:
