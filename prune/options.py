@@ -255,7 +255,7 @@ class RepairOptions(_Group):
         default=3,
         ge=0,
         description="Refit this many blocks from the first junction on (0: every block after it). Default 3: "
-        "on SmolLM2-135M 30 -> 24 it reached 47.42 held-out perplexity against 47.73 for every block, in a "
+        "on SmolLM2-135M 30 -> 24 it reached 47.42 held-out perplexity against 47.73 for every block, in "
         "half the refit time (the later refits fit the calibration tokens, not held-out text).",
     )
     refit_attention: bool = Field(
