@@ -281,6 +281,7 @@ def test_a_repair_warning_shared_by_many_candidates_is_logged_once(caplog):
     from prune.budget.search import Candidate
 
     model = _peaked()
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied: nothing can hold a block-0 map
     fit, held = split_calibration(_batches(model))
     opts = PruneOptions(model="tiny", budget="params:1M")
     builder = CandidateBuilder(opts, model, get_anatomy(model), "causal-lm", fit, held)

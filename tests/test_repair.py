@@ -230,16 +230,45 @@ def test_sequential_fits_the_second_span_on_the_repaired_first():
     assert second[0] != pytest.approx(second[1])  # the second sees the cut and repaired first span
 
 
-def test_cut_at_block_zero_is_skipped_with_a_warning_by_linear_and_repaired_by_scale():
+def test_cut_at_block_zero_is_skipped_with_a_warning_by_linear_when_tied_and_repaired_by_scale():
     model = build_tiny("llama")
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied: a fold would change the head
     drop = (0, 1)
     pruned = remove_blocks(model, drop)
     plain = _output(pruned, "llama")
     report = repair_cut(model, pruned, drop, _batches("llama"), method="linear", progress=False)
-    assert report.spans[0].skipped and report.warnings and "block" in report.warnings[0]
+    assert report.spans[0].skipped and report.warnings and "tied" in report.warnings[0]
     torch.testing.assert_close(_output(pruned, "llama"), plain)
     report = repair_cut(model, pruned, drop, _batches("llama"), method="scale", progress=False)
     assert report.spans[0].skipped is None and report.spans[0].kept_block is None
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_linear_repair_of_a_cut_at_block_zero_folds_exactly_into_untied_embeddings(family):
+    # Block 0 planted as an exact linear map of its input: cutting it and folding the fitted map into the
+    # (untied) token embeddings gives the uncut model's logits.
+    torch.manual_seed(0)
+    model = build_tiny(family)
+    blocks = get_anatomy(model).blocks(model)
+    width = model.config.hidden_size
+    a = torch.eye(width) + 0.2 * torch.randn(width, width) / width**0.5
+    blocks[0] = Planted(lambda h: h @ a)
+    ids = sample_input_ids(family)
+    expected = _output(model, family, ids)
+    pruned = remove_blocks(model, [0])
+    report = repair_cut(model, pruned, [0], _batches(family), method="linear", ridge=1e-9, progress=False)
+    span = report.spans[0]
+    assert span.skipped is None and "input embeddings" in span.map and span.residual_after < 1e-6
+    torch.testing.assert_close(_output(pruned, family, ids), expected, rtol=1e-3, atol=1e-3)
+    assert model.get_input_embeddings().weight is not pruned.get_input_embeddings().weight
+
+
+def test_a_cut_at_block_zero_with_position_embeddings_is_a_plain_cut_with_the_reason():
+    model = build_tiny("gpt2")
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie
+    pruned = remove_blocks(model, [0])
+    report = repair_cut(model, pruned, [0], _batches("gpt2"), method="linear", progress=False)
+    assert report.spans[0].skipped and "not a multiple of the token embeddings" in report.warnings[0]
 
 
 def test_post_norm_cut_at_block_zero_is_a_plain_cut_with_a_warning_under_scale():

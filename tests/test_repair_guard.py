@@ -186,11 +186,15 @@ def test_auto_makes_the_candidate_cut_that_is_best_after_repair(tiny_llama_folde
     assert better[0] != pytest.approx(better[1])  # the two cuts really differ
 
 
-def test_a_one_pass_repair_of_a_cut_at_block_0_only_is_the_plain_cut(tiny_llama_folder, word_text_file):
+def test_a_one_pass_repair_of_a_cut_at_block_0_only_folds_into_untied_embeddings_or_is_the_plain_cut(tiny_llama_folder, word_text_file):
     from prune.repair import repair_cut
     from prune.surgery import remove_blocks
 
     ctx = _context(tiny_llama_folder, word_text_file)
     pruned = remove_blocks(ctx.original, [0], anatomy=ctx.anatomy, share_weights=True)
     report = repair_cut(ctx.original, pruned, [0], ctx.calib_batches, order="one-pass", progress=False)
+    assert report.spans[0].skipped is None and "input embeddings" in report.spans[0].map  # untied: folded
+    tied = remove_blocks(ctx.original, [0], anatomy=ctx.anatomy, share_weights=True)
+    tied.lm_head.weight = tied.get_input_embeddings().weight
+    report = repair_cut(ctx.original, tied, [0], ctx.calib_batches, order="one-pass", progress=False)
     assert [s.skipped is not None for s in report.spans] == [True] and report.warnings

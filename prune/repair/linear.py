@@ -18,6 +18,11 @@ on how the MLP meets the residual stream (`prune.anatomy.mlp`):
   whatever ``M`` becomes; a per-channel scale of ``P = N(M)`` (``h_l - P + P * s ~ h_e``) folds into its
   weight (``x * (1 + w)`` convention handled).
 
+A cut at block 0 has no kept block before it. In a pre-norm model the full map is then fitted on block
+0's input and folded into the input embedding matrix, where that is exact: embeddings not tied to the
+head, block 0's input a multiple of the token embeddings (`embedding_fold_blocker` checks both on the
+model; the stage keeps the span a plain cut, with the reason in the report, otherwise).
+
 Every fit reads only float64 sums (O(d^2) for the full map, O(d) for the others), never the tokens.
 """
 
@@ -78,7 +83,9 @@ class _FullMap:
 
     description = "full d x d map folded into the down projection"
 
-    def sites(self, mlp: MlpAnatomy, kept: int, end: int) -> dict[str, CaptureSite]:
+    def sites(self, mlp: MlpAnatomy, kept: int | None, end: int) -> dict[str, CaptureSite]:
+        if kept is None:  # a cut at block 0: the map acts on the embeddings, block 0's input
+            return {"m": CaptureSite(0, io="input"), "hl": CaptureSite(0, io="input"), "he": CaptureSite(end)}
         return {"m": CaptureSite(kept, mlp.down), "hl": CaptureSite(kept), "he": CaptureSite(end)}
 
     def sums(self, weighted: bool) -> list[SiteSum]:
@@ -228,8 +235,11 @@ class LinearRepair(RepairMethod):
         return self._map(mlp).description
 
     def sites(self, mlp: MlpAnatomy, kept: int | None, end: int) -> dict[str, CaptureSite]:
-        assert kept is not None
-        return self._map(mlp).sites(mlp, kept, end)
+        if kept is None and self.check(mlp).residual != "pre_norm":
+            raise RepairError(
+                "only a pre-norm model's linear map can act on the embeddings (a cut at block 0)"
+            )
+        return self._map(mlp).sites(mlp, kept, end)  # type: ignore[arg-type]
 
     def sums(self, mlp: MlpAnatomy, weighted: bool) -> list[SiteSum]:
         return self._map(mlp).sums(weighted)
@@ -252,6 +262,67 @@ class LinearRepair(RepairMethod):
         down = mlp.parts(block).down
         weight_matrix(down)  # a clear FoldError for a module that is no projection
         return isinstance(getattr(down, "bias", None), Tensor)
+
+
+def embedding_fold_blocker(
+    model: nn.Module, blocks: nn.ModuleList, mlp: MlpAnatomy, batch: dict
+) -> str | None:
+    """Why a cut at block 0 cannot take the full map into the input embeddings (None: it can).
+
+    With ``x0 = c * E[ids]`` (block 0's input a scaled copy of the token embeddings, as in Llama, Mistral,
+    Qwen, Phi3 and Gemma), ``x0 T = c * (E T)[ids]``: the map folds exactly into ``E``. Checked on the
+    model itself: untied embeddings (folding into a tied matrix would change the output head too), and
+    block 0's input equal to a multiple of the embedding output on `batch` (position embeddings, an
+    embedding norm or a projection, as in GPT-2, OPT, BERT, break it).
+    """
+    if mlp.residual != "pre_norm":
+        return "a post-norm or sandwich block leaves nothing linear before block 0 to fold the map into"
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(embed, nn.Embedding):
+        return "the model has no plain input embedding matrix"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is embed.weight:
+        return "the input embeddings are tied to the output head, which the fold would change too"
+    seen: dict[str, Tensor] = {}
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen["x"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        raise _Stop
+
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    ids = batch["input_ids"][:1].to(embed.weight.device)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "x" not in seen:
+        return "block 0's input could not be observed"
+    x = seen["x"].double().flatten()
+    with torch.no_grad():
+        e = embed(ids).double().flatten()
+    scale = float(x @ e) / max(float(e @ e), 1e-30)
+    if float((x - scale * e).norm()) > 1e-3 * float(x.norm()):
+        return "block 0's input is not a multiple of the token embeddings (position embeddings or a norm are added)"
+    return None
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the block-0 input is seen."""
+
+
+def fold_into_embeddings(model: nn.Module, fit: Fit) -> str:
+    """Fold a block-0 span's full map ``T = I + Delta`` into the input embedding matrix (``E T``)."""
+    embed = model.get_input_embeddings()
+    delta = fit.tensors["delta"]
+    weight = embed.weight.detach()
+    t = torch.eye(delta.shape[0], dtype=torch.float64, device=weight.device) + delta.to(weight.device)
+    embed.weight = nn.Parameter(
+        (weight.double() @ t).to(weight.dtype), requires_grad=embed.weight.requires_grad
+    )
+    return "instead into the input embeddings (a cut at block 0; they are not tied)"
 
 
 LINEAR = register(

@@ -220,12 +220,20 @@ def repair_cut(
     spans: list[tuple[int, int]] = []
     for first, last in contiguous_spans(drop):
         if first == 0 and chosen.needs_kept(mlp):
+            blocker = "only linear folds into the embeddings"
+            if chosen.name == "linear":
+                from prune.repair.linear import embedding_fold_blocker
+
+                blocker = embedding_fold_blocker(pruned, pruned_blocks, mlp, batches[0])
+                if blocker is None:  # the map goes into the untied input embeddings
+                    spans.append((first, last))
+                    continue
             # scale repairs a cut at 0 everywhere but in post-norm encoders (no norm before block 0).
             scale_can = mlp.residual != "post_norm" and chosen.name != "scale"
             fix = "use --repair scale, which can, or keep block 0" if scale_can else "keep block 0"
             message = (
                 f"blocks {first}-{last} were cut with no kept block before them, so {chosen.name!r} has nowhere "
-                f"to fold a map (the embeddings are left alone); that span is a plain cut. To repair it, {fix}."
+                f"to fold a map ({blocker}); that span is a plain cut. To repair it, {fix}."
             )
             logger.warning(message)
             report.warnings.append(message)
@@ -234,6 +242,13 @@ def repair_cut(
             )
             continue
         spans.append((first, last))
+
+    def fold(model: nn.Module, blocks: nn.ModuleList, kept: int | None, after: range, fit: Fit) -> str:
+        if kept is None and chosen.name == "linear":
+            from prune.repair.linear import fold_into_embeddings
+
+            return fold_into_embeddings(model, fit)
+        return chosen.fold(blocks, kept, after, fit, mlp)
 
     def after_in_pruned(last: int) -> range:
         later = [position for position, block in enumerate(keep) if block > last]
@@ -266,7 +281,7 @@ def repair_cut(
         share = (time.perf_counter() - started) / max(1, len(spans))
         for (first, last), task in zip(spans, tasks, strict=True):
             kept = keep.index(first - 1) if first > 0 else None
-            where = chosen.fold(pruned_blocks, kept, after_in_pruned(last), fits[task.key], mlp)
+            where = fold(pruned, pruned_blocks, kept, after_in_pruned(last), fits[task.key])
             record(first, last, fits[task.key], where, tokens, share)
     else:
         current = remove_blocks(original, [], anatomy=anatomy, share_weights=True)
@@ -280,13 +295,13 @@ def repair_cut(
             fit = fits[task.key]
             if (first, last) != spans[-1]:  # the last span's model is not needed
                 current_blocks = current_anatomy.blocks(current)
-                chosen.fold(current_blocks, kept, range(end + 1, len(present)), fit, mlp)
+                fold(current, current_blocks, kept, range(end + 1, len(present)), fit)
                 cut = range(present.index(first), end + 1)
                 current = remove_blocks(current, cut, anatomy=current_anatomy, share_weights=True)
                 present = [b for b in present if not first <= b <= last]
                 current_anatomy = get_anatomy(current, anatomy.block_path)
             pruned_kept = keep.index(first - 1) if first > 0 else None
-            where = chosen.fold(pruned_blocks, pruned_kept, after_in_pruned(last), fit, mlp)
+            where = fold(pruned, pruned_blocks, pruned_kept, after_in_pruned(last), fit)
             record(first, last, fit, where, tokens, time.perf_counter() - span_started)
     report.spans.sort(key=lambda span: span.first)
     if refit:
