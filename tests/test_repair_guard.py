@@ -186,7 +186,9 @@ def test_auto_makes_the_candidate_cut_that_is_best_after_repair(tiny_llama_folde
     assert better[0] != pytest.approx(better[1])  # the two cuts really differ
 
 
-def test_a_one_pass_repair_of_a_cut_at_block_0_only_folds_into_untied_embeddings_or_is_the_plain_cut(tiny_llama_folder, word_text_file):
+def test_a_one_pass_repair_of_a_cut_at_block_0_only_folds_into_untied_embeddings_or_is_the_plain_cut(
+    tiny_llama_folder, word_text_file
+):
     from prune.repair import repair_cut
     from prune.surgery import remove_blocks
 
