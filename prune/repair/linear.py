@@ -264,9 +264,7 @@ class LinearRepair(RepairMethod):
         return isinstance(getattr(down, "bias", None), Tensor)
 
 
-def embedding_fold_blocker(
-    model: nn.Module, blocks: nn.ModuleList, mlp: MlpAnatomy, batch: dict
-) -> str | None:
+def embedding_fold_blocker(model: nn.Module, anatomy: Any, mlp: MlpAnatomy, batch: dict) -> str | None:
     """Why a cut at block 0 cannot take the full map into the input embeddings (None: it can).
 
     With ``x0 = c * E[ids]`` (block 0's input a scaled copy of the token embeddings, as in Llama, Mistral,
@@ -283,34 +281,20 @@ def embedding_fold_blocker(
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and getattr(head, "weight", None) is embed.weight:
         return "the input embeddings are tied to the output head, which the fold would change too"
-    seen: dict[str, Tensor] = {}
+    from prune.collect.segments import block_input
 
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        seen["x"] = (args[0] if args else kwargs["hidden_states"]).detach()
-        raise _Stop
-
-    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     ids = batch["input_ids"][:1].to(embed.weight.device)
     try:
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "x" not in seen:
+        x = block_input(model, anatomy, 0, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    except IndexError:  # the forward never reached block 0
         return "block 0's input could not be observed"
-    x = seen["x"].double().flatten()
+    x = x.double().flatten()
     with torch.no_grad():
         e = embed(ids).double().flatten()
     scale = float(x @ e) / max(float(e @ e), 1e-30)
     if float((x - scale * e).norm()) > 1e-3 * float(x.norm()):
         return "block 0's input is not a multiple of the token embeddings (position embeddings or a norm are added)"
     return None
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the block-0 input is seen."""
 
 
 def fold_into_embeddings(model: nn.Module, fit: Fit) -> str:

@@ -210,7 +210,8 @@ def repair_cut(
     anatomy = anatomy if anatomy is not None else get_anatomy(original)
     mlp = chosen.check(anatomy.mlp)
     keep = [i for i in range(anatomy.num_blocks) if i not in set(drop)]
-    pruned_blocks = get_anatomy(pruned, anatomy.block_path).blocks(pruned)
+    pruned_anatomy = get_anatomy(pruned, anatomy.block_path)
+    pruned_blocks = pruned_anatomy.blocks(pruned)
     if len(pruned_blocks) != len(keep):
         raise RepairError(
             f"the pruned model has {len(pruned_blocks)} blocks, but cutting {drop} from {anatomy.num_blocks} "
@@ -224,7 +225,7 @@ def repair_cut(
             if chosen.name == "linear":
                 from prune.repair.linear import embedding_fold_blocker
 
-                blocker = embedding_fold_blocker(pruned, pruned_blocks, mlp, batches[0])
+                blocker = embedding_fold_blocker(pruned, pruned_anatomy, mlp, batches[0])
                 if blocker is None:  # the map goes into the untied input embeddings
                     spans.append((first, last))
                     continue
