@@ -10,6 +10,7 @@ perturbed (a squeeze-like error in two blocks, the second one downstream of the 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -87,25 +88,32 @@ def test_refit_of_the_junction_is_exact_where_a_d_by_d_map_is_not():
     assert not torch.allclose(_output(linear, family), reference, atol=1e-3)
 
 
-def _stream_error(model, modified, family, k: int, target: int) -> float:
-    """||S_k - S*_target||^2 / ||S*||^2 by hooks (pre-norm: block outputs), on the calibration batches."""
+def _stream_error(model, modified, family, k: int, target: int, norm_input: str = "") -> float:
+    """||S_k - S*_target||^2 / ||S*||^2 by hooks on the calibration batches: S the block output (pre-norm),
+    or with `norm_input` the input of that module of the block (e.g. the post-attention norm's: the
+    stream after the attention residual)."""
     seen = {}
+
+    def hook(name: str, block) -> Any:
+        if norm_input:
+            module = block.get_submodule(norm_input)
+            return module.register_forward_pre_hook(
+                lambda m, args: seen.__setitem__(name, args[0].detach().clone())
+            )
+        return block.register_forward_hook(
+            lambda m, a, o: seen.__setitem__(name, o if isinstance(o, torch.Tensor) else o[0])
+        )
+
     handles = [
-        get_anatomy(model)
-        .blocks(model)[target]
-        .register_forward_hook(lambda m, a, o: seen.__setitem__("o", o)),
-        get_anatomy(modified)
-        .blocks(modified)[k]
-        .register_forward_hook(lambda m, a, o: seen.__setitem__("m", o)),
+        hook("o", get_anatomy(model).blocks(model)[target]),
+        hook("m", get_anatomy(modified).blocks(modified)[k]),
     ]
     total, norm = 0.0, 0.0
     for batch in _batches(family):
         _output(model, family, batch["input_ids"])
         _output(modified, family, batch["input_ids"])
-        o = seen["o"] if isinstance(seen["o"], torch.Tensor) else seen["o"][0]
-        m = seen["m"] if isinstance(seen["m"], torch.Tensor) else seen["m"][0]
-        total += float(((m - o) ** 2).sum())
-        norm += float((o**2).sum())
+        total += float(((seen["m"] - seen["o"]) ** 2).sum())
+        norm += float((seen["o"] ** 2).sum())
     for handle in handles:
         handle.remove()
     return total / norm

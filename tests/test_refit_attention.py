@@ -16,6 +16,7 @@ from prune.fold import _set_bias, _set_weight, weight_matrix
 from prune.repair import repair_cut
 from prune.repair.refit import cut_correspondence, refit_model
 from prune.surgery import remove_blocks
+from tests.test_refit import _stream_error
 from tests.test_repair import _batches, _output
 from tests.tiny_models import TINY_FAMILIES, assert_reloads_stock, build_tiny
 
@@ -64,29 +65,8 @@ def test_attention_refit_restores_perturbed_attention_outputs_exactly(family):
 
 
 def _mid_error(model, modified, k: int, target: int, family: str) -> float:
-    """||mid_k - mid*_target||^2 / ||mid*||^2 by hooks on the post-attention norm's input (Llama)."""
-    seen = {}
-
-    def hook(name):
-        return lambda m, args: seen.__setitem__(name, args[0].detach().clone())
-
-    handles = [
-        get_anatomy(model)
-        .blocks(model)[target]
-        .post_attention_layernorm.register_forward_pre_hook(hook("o")),
-        get_anatomy(modified)
-        .blocks(modified)[k]
-        .post_attention_layernorm.register_forward_pre_hook(hook("m")),
-    ]
-    total, norm = 0.0, 0.0
-    for batch in _batches(family):
-        _output(model, family, batch["input_ids"])
-        _output(modified, family, batch["input_ids"])
-        total += float(((seen["m"] - seen["o"]) ** 2).sum())
-        norm += float((seen["o"] ** 2).sum())
-    for handle in handles:
-        handle.remove()
-    return total / norm
+    """||mid_k - mid*_target||^2 / ||mid*||^2: the post-attention norm's input (Llama)."""
+    return _stream_error(model, modified, family, k, target, norm_input="post_attention_layernorm")
 
 
 @pytest.mark.parametrize("ridge", [None, 1e-3, 1.0])
