@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prune.cli import recipes_cmd, run_cmd
 from prune.cli.flags import add_option_flags, field_flag, options_from_args, overrides_from_args
@@ -72,11 +73,12 @@ def test_every_shipped_recipe_is_listed_and_validates():
 @pytest.mark.parametrize(
     ("name", "model", "target", "strategy"),
     [
-        ("bert-base", "bert-base", "8-layers", "span"),
-        ("mpnet-base", "mpnet-base", "8-layers", "span"),
-        ("minilm-l6", "minilm-l6", "4-layers", "span"),
-        ("smollm2-135m", "smollm2-135m", "24-layers", "iterative"),
-        ("llama-3-8b", "llama-3-8b", "drop-8", "span"),
+        ("bert-base", "bert-base", "8-layers", "auto"),
+        ("mpnet-base", "mpnet-base", "8-layers", "auto"),
+        ("minilm-l6", "minilm-l6", "4-layers", "auto"),
+        ("smollm2-135m", "smollm2-135m", "24-layers", "auto"),
+        ("smollm2-135m-budget", "smollm2-135m", None, "auto"),
+        ("llama-3-8b", "llama-3-8b", "drop-8", "auto"),
         ("mistral-7b", "mistral-7b", "drop-8", "topk"),
         ("qwen2.5-7b", "qwen2.5-7b", "drop-7", "span"),
     ],
@@ -84,6 +86,21 @@ def test_every_shipped_recipe_is_listed_and_validates():
 def test_shipped_recipe_settings(name, model, target, strategy):
     options = load_recipe(name)
     assert (options.model, options.target, options.strategy) == (model, target, strategy)
+
+
+def test_shipped_recipes_use_the_default_strategy_unless_they_say_why():
+    """`auto` comes from the options' default, not from a recipe; a recipe that sets another says why."""
+    from prune.options import PlanOptions
+
+    assert PlanOptions.model_fields["strategy"].default == "auto"
+    assert "strategy" not in yaml.safe_load((recipes_dir() / "_base.yaml").read_text())
+    for info in list_recipes():
+        own = yaml.safe_load(info.path.read_text())
+        if "strategy" in own:  # its comments name the default and why not
+            text = info.path.read_text()
+            assert "not the default `auto`" in text and "on purpose" in text, info.name
+    deliberate = {info.name for info in list_recipes() if "strategy" in yaml.safe_load(info.path.read_text())}
+    assert deliberate == {"mistral-7b", "qwen2.5-7b"}  # ShortGPT's topk, ReplaceMe's span
 
 
 def test_shipped_recipes_share_a_base_through_include():
@@ -128,7 +145,7 @@ def test_include_single_name_nested_and_shipped(tmp_path):
     write(tmp_path / "sub", "base.yaml", "include: _encoder\nseed: 7\n")  # shipped partial by name
     path = write(tmp_path, "r.yaml", "include: sub/base\nmodel: m\ntarget: 25%\n")  # suffix optional
     recipe = read_recipe(path)
-    assert recipe.options.seed == 7 and recipe.options.seq_len == 128 and recipe.options.strategy == "span"
+    assert recipe.options.seed == 7 and recipe.options.seq_len == 128 and recipe.options.strategy == "auto"
     assert recipe.description is None  # descriptions are not inherited
 
 
@@ -431,11 +448,12 @@ def test_shipped_recipes_name_real_strategies_metrics_and_aliases():
     """The values are checked against the planner's registry and the alias table, not only by type."""
     from prune.loading import list_aliases
     from prune.plan import STRATEGIES, required_metrics
+    from prune.plan.planner import AUTO
 
     aliases = list_aliases()
     for info in list_recipes():
         options = load_recipe(info.path)
-        assert options.strategy in STRATEGIES.names(), info.name
+        assert options.strategy in (*STRATEGIES.names(), AUTO), info.name
         assert required_metrics(options.strategy, options.metric), info.name
         assert options.model in aliases, info.name
 

@@ -42,6 +42,24 @@ def test_saved_run_reproduces_from_its_recipe(tiny_llama_folder, word_text_file,
     assert yaml.safe_load((second / "prune_recipe.yaml").read_text()) == values
 
 
+def test_a_shipped_base_recipe_run_records_the_strategy_auto_chose(
+    tiny_llama_folder, word_text_file, tmp_path
+):
+    """The shipped recipes leave ``strategy`` to the default ``auto``; a run of one says what it used."""
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        f"include: _base\nmodel: {tiny_llama_folder}\ntarget: drop-1\ncalib: {word_text_file}\n"
+        f"eval: {word_text_file}\ncalib_samples: 4\nseq_len: 16\nbatch_size: 2\neval_samples: 4\n"
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    report = _report(out)
+    plan = report["plan"]
+    assert plan["strategy"] == "span-repair" and plan["details"]["strategy_requested"] == "auto"
+    assert yaml.safe_load((out / "prune_recipe.yaml").read_text())["strategy"] == "span-repair"
+    assert "`span-repair`" in (out / "README.md").read_text()  # the card's strategy
+
+
 def test_python_run_records_a_command_and_writes_its_card(tiny_llama_folder, word_text_file, tmp_path):
     out = tmp_path / "out"
     options = PruneOptions(
