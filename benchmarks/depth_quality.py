@@ -264,8 +264,9 @@ def _measure(
 ) -> dict:
     """One row; a cut already measured (same blocks, repair and order, e.g. two methods that agree)
     is not measured again: its numbers are copied and the row says from where."""
+    from prune.options import PruneOptions
     from prune.plan import plan_pruning
-    from prune.repair import RepairError, repair_cut
+    from prune.repair import RepairError, repair_from_options
     from prune.surgery import remove_blocks
 
     strategy, metric, mode, _ = METHODS[label]
@@ -320,10 +321,11 @@ def _measure(
             copied = {k: v for k, v in old.items() if k not in row and k != "key"}
             return {**row, **copied, "same_as": old["key"], "plan_s": plan_s}
     start = time.perf_counter()
+    # the row's repair and order as a run's options; the rest at their defaults, refit off (the baseline
+    # rows are the map alone; the `default` rows run the library's stages with every default)
+    options = PruneOptions(model="-", target=f"drop-{drop}", repair=repair, repair_order=order, refit="off")
     try:
-        report = repair_cut(
-            model, pruned, blocks, calib, method=repair, anatomy=anatomy, order=order, progress=False
-        )
+        report = repair_from_options(model, pruned, blocks, calib, options, anatomy=anatomy, progress=False)
     except RepairError as err:  # recorded, not hidden: the table shows the method cannot repair this cut
         return {**row, "error": str(err), "plan_s": plan_s, "repair_s": _since(start), "eval_s": 0.0}
     repair_s = _since(start)

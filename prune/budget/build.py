@@ -151,7 +151,7 @@ class CandidateBuilder:
 
     def _repaired(self, drop: tuple[int, ...]):
         """The cut + repaired model of `drop` and its FFN statistics (cached for the last cut)."""
-        from prune.repair import RepairError, RepairReport, repair_cut
+        from prune.repair import repair_from_options
         from prune.surgery import remove_blocks
         from prune.width.stats import collect_ffn_stats, gram_bytes
 
@@ -161,28 +161,26 @@ class CandidateBuilder:
         options = self.options
         cut = remove_blocks(self.original, drop, anatomy=self.anatomy, share_weights=True)
         # many candidates share a span (e.g. one starting at block 0): say each repair warning once
-        repair_logger = logging.getLogger("prune.repair.stage")
-        repair_logger.addFilter(self._once)
+        repair_loggers = [
+            logging.getLogger(name) for name in ("prune.repair.stage", "prune.repair.from_options")
+        ]
+        for repair_logger in repair_loggers:
+            repair_logger.addFilter(self._once)
         try:
-            repair = repair_cut(
+            # no refit: the search has always built (and returned) its candidates with the maps alone
+            repair = repair_from_options(
                 self.original,
                 cut,
                 drop,
                 self.fit,
-                method=options.repair,
+                options,
                 anatomy=self.anatomy,
-                order=options.repair_order,
-                objective=options.repair_objective,
-                max_tokens=options.max_tokens,
-                skip_tokens=options.skip_tokens,
                 progress=self.progress,
+                refit=False,
             )
-        except RepairError as err:
-            if "repair" in options.model_fields_set:
-                raise
-            repair = RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
         finally:
-            repair_logger.removeFilter(self._once)
+            for repair_logger in repair_loggers:
+                repair_logger.removeFilter(self._once)
         stats = None
         size = self._d_ff()
         kept = self.anatomy.num_blocks - len(drop)

@@ -17,34 +17,19 @@ def repair(ctx: RunContext) -> RunContext:
     model is then scored against the plain cut on ``ctx.guard_batches`` (`prune.repair.guard`), and
     the plain cut is kept when the repair made it worse; ``ctx.repair.guard`` holds both figures.
     """
-    from prune.errors import RepairError
-    from prune.repair import RepairReport, repair_cut
+    from prune.repair import repair_from_options
 
-    options = ctx.options
     guarded = _guard_reason(ctx) is None
     plain = _plain_cut(ctx, share_weights=True) if guarded else None
-    try:
-        report = repair_cut(
-            ctx.original,
-            ctx.pruned,
-            ctx.plan.drop,
-            ctx.calib_batches,
-            method=options.repair,
-            anatomy=ctx.anatomy,
-            order=options.repair_order,
-            objective=options.repair_objective,
-            max_tokens=options.max_tokens,
-            skip_tokens=options.skip_tokens,
-            progress=ctx.progress,
-            refit=refit_after_cut(options.refit, ctx.anatomy),
-            refit_blocks=options.refit_blocks or None,  # 0: every block after the junction
-            refit_attention=options.refit_attention,
-        )
-    except RepairError as err:
-        if "repair" in options.model_fields_set:
-            raise
-        logger.warning("not repaired: %s", err)
-        report = RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
+    report = repair_from_options(
+        ctx.original,
+        ctx.pruned,
+        ctx.plan.drop,
+        ctx.calib_batches,
+        ctx.options,
+        anatomy=ctx.anatomy,
+        progress=ctx.progress,
+    )
     for span in report.spans:
         logger.info("repair of blocks %d-%d: %s", span.first, span.last, span.skipped or span.map)
     if report.applied:
@@ -104,17 +89,6 @@ def _guard(ctx: RunContext, report, plain) -> None:
             f"({result.measure} {result.loss_plain:.4g} plain vs {result.loss_repaired:.4g} repaired), so the "
             "plain cut was kept (--no-repair-guard keeps the repair)"
         )
-
-
-def refit_after_cut(refit: str, anatomy) -> bool:
-    """Whether the cut's repair is followed by the error-correcting refit (`RepairOptions.refit`).
-
-    ``auto`` refits pre-norm decoders only: there the block output is the residual stream, the fit is
-    exact and it measured better (benchmarks/README.md); post-norm encoders measured mixed.
-    """
-    if refit == "auto":
-        return getattr(anatomy.mlp, "residual", None) == "pre_norm"
-    return refit == "on"
 
 
 def squeeze(ctx: RunContext) -> RunContext:
