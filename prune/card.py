@@ -147,8 +147,8 @@ def _intro(
         squeezed = f" every FFN squeezed from {squeeze['size_before']} to {squeeze['kept']} neurons"
         counts = (counts + " and" + squeezed) if removed else " with" + squeezed
     repaired = [s for s in (repair or {}).get("spans") or [] if not s.get("skipped")]
-    if ((repair or {}).get("guard") or {}).get("kept") == "plain":
-        repaired = []  # fitted, but the guard kept the plain cut
+    if (repair or {}).get("method") == "none" or ((repair or {}).get("guard") or {}).get("kept") == "plain":
+        repaired = []  # fitted, but not applied (a report from before `method_requested` says so by its guard)
     weights = "the kept blocks are the original weights, renumbered"
     if repaired:
         weights += (

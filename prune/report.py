@@ -156,6 +156,9 @@ def report_markdown(report: dict[str, Any]) -> str:
 def repair_lines(repair: dict[str, Any] | None) -> list[str]:
     """Markdown lines saying which repair was applied to each cut span, with the fit's relative error.
 
+    ``method`` is what was applied and ``method_requested`` what the run asked for (a report written
+    before that field has ``method`` only, and a guard that kept the plain cut says the same).
+
     Example:
         >>> repair_lines({"method": "none", "spans": []})
         ['', '## Repair', '', 'None: the plain cut (no map was fitted).']
@@ -163,14 +166,27 @@ def repair_lines(repair: dict[str, Any] | None) -> list[str]:
     if not repair:
         return []
     lines = ["", "## Repair", ""]
-    if repair.get("method") == "none":
-        lines.append("None: the plain cut (no map was fitted).")
+    requested = repair.get("method_requested") or repair.get("method")
+    kept_plain = (repair.get("guard") or {}).get("kept") == "plain"
+    if repair.get("method") == "none" and not kept_plain:
+        if requested in (None, "none"):
+            lines.append("None: the plain cut (no map was fitted).")
+        else:
+            lines.append(
+                f"None: the plain cut; `{requested}` was asked for but not applied (see the warnings)."
+            )
         lines += [f"- Warning: {w}" for w in repair.get("warnings") or []]
         return lines
-    lines.append(
-        f"Method `{repair.get('method')}` (training-free, folded into the kept weights; order "
-        f"`{repair.get('order')}`, objective `{repair.get('objective')}`, {_fmt(repair.get('seconds'))} s). "
-        "Relative error = squared error of the hidden state after the cut / its squared norm, on the "
+    how = f"order `{repair.get('order')}`, objective `{repair.get('objective')}`, {_fmt(repair.get('seconds'))} s"
+    if kept_plain:
+        lines.append(
+            f"None applied: the model is the plain cut. Method `{requested}` was fitted (training-free; "
+            f"{how}), and the guard below kept the plain cut."
+        )
+    else:
+        lines.append(f"Method `{requested}` (training-free, folded into the kept weights; {how}).")
+    lines[-1] += (
+        " Relative error = squared error of the hidden state after the cut / its squared norm, on the "
         "calibration tokens."
     )
     lines.append("")

@@ -239,8 +239,11 @@ def test_cut_at_block_zero_is_skipped_with_a_warning_by_linear_when_tied_and_rep
     report = repair_cut(model, pruned, drop, _batches("llama"), method="linear", progress=False)
     assert report.spans[0].skipped and report.warnings and "tied" in report.warnings[0]
     torch.testing.assert_close(_output(pruned, "llama"), plain)
+    # nothing was fitted, so the method applied is none; the one asked for is kept beside it
+    assert (report.method, report.method_requested, report.applied) == ("none", "linear", False)
     report = repair_cut(model, pruned, drop, _batches("llama"), method="scale", progress=False)
     assert report.spans[0].skipped is None and report.spans[0].kept_block is None
+    assert (report.method, report.method_requested, report.applied) == ("scale", "scale", True)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])

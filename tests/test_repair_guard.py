@@ -135,6 +135,69 @@ def test_the_guard_keeps_the_plain_cut_when_the_repair_hurts(tiny_llama_folder, 
     assert "Guard: the plain cut was kept" in text
     assert f"{guard['loss_plain']:.4g}" in text and f"{guard['loss_repaired']:.4g}" in text
     assert any("plain cut was kept" in w for w in ctx.repair.warnings)
+    # what was applied is the plain cut; what was asked for, and fitted, is still said
+    assert (report["repair"]["method"], report["repair"]["method_requested"]) == ("none", "linear")
+    assert report["repair"]["spans"] and report["repair"]["spans"][0]["method"] == "linear"
+    assert "None applied: the model is the plain cut. Method `linear` was fitted" in text
+    assert "folded into the kept weights" not in text
+
+
+def test_reports_name_the_method_applied_and_the_one_asked_for(capsys):
+    from types import SimpleNamespace
+
+    from prune.card import build_model_card
+    from prune.cli.prune_cmd import print_summary
+    from prune.repair import RepairReport
+
+    span = {"first": 2, "last": 2, "kept_block": 1, "method": "linear", "map": "full map: block 1",
+            "residual_before": 0.5, "residual_after": 0.1, "ridge": 0.1, "tokens": 64, "seconds": 0.1,
+            "skipped": None}  # fmt: skip
+    guard = {"loss_plain": 2.0, "loss_repaired": 2.5, "measure": "next-token loss", "kept": "plain",
+             "sequences": 1, "tokens": 16, "seconds": 0.1}  # fmt: skip
+    model = {
+        "spec": "m",
+        "num_blocks_before": 4,
+        "num_blocks_after": 3,
+        "params_before": 10,
+        "params_after": 8,
+    }
+    plan = {"strategy": "span-repair", "drop": [2], "reason": "r"}
+
+    def outputs(repair: dict) -> tuple[str, str, str]:
+        report = {"model": model, "plan": plan, "repair": repair}
+        card = str(build_model_card(report, base_model=None, license=None, command="c", repo_id=None))
+        print_summary(SimpleNamespace(report=report, out_dir=None, hub_url=None))
+        return report_markdown(report), card, capsys.readouterr().out
+
+    kept = RepairReport("linear", "sequential", "mse")
+    assert (kept.method, kept.method_requested) == ("linear", "linear")
+    kept.keep_plain_cut()
+    assert (kept.to_dict()["method"], kept.to_dict()["method_requested"]) == ("none", "linear")
+
+    repaired = {"method": "linear", "method_requested": "linear", "spans": [span], "guard": None}
+    text, card, summary = outputs(repaired)
+    assert "Method `linear` (training-free, folded into the kept weights" in text
+    assert "`linear` repair" in card and "repair: linear\n" in summary
+
+    plain = {**repaired, "method": "none", "guard": guard}
+    text, card, summary = outputs(plain)
+    assert "Method `linear` was fitted" in text and "folded into the kept weights" not in text
+    assert "`linear` repair" not in card and "Method `linear` was fitted" in card
+    assert "repair: none (linear was asked for; the model is the plain cut)" in summary
+    # a report written before `method_requested` (method linear, the guard's verdict) reads the same
+    text_before, card_before, _ = outputs({**repaired, "method_requested": None, "guard": guard})
+    assert "Method `linear` was fitted" in text_before and "`linear` repair" not in card_before
+
+    fell_back = {
+        "method": "none",
+        "method_requested": "linear",
+        "spans": [],
+        "guard": None,
+        "warnings": ["w"],
+    }
+    text, _, summary = outputs(fell_back)
+    assert "None: the plain cut; `linear` was asked for but not applied" in text and "- Warning: w" in text
+    assert "repair: none (linear was asked for" in summary
 
 
 def test_the_guard_keeps_a_repair_that_helps_and_can_be_turned_off(

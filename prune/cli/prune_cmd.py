@@ -89,7 +89,15 @@ def print_summary(result) -> None:
     print(f"{model['spec']}: {model['num_blocks_before']} -> {model['num_blocks_after']} blocks")
     if plan["drop"]:
         print(f"removed blocks {list(plan['drop'])} ({plan['strategy']}): {plan['reason']}")
-    guard = (report.get("repair") or {}).get("guard")
+    repair = report.get("repair") or {}
+    requested = repair.get("method_requested") or repair.get("method")
+    if plan["drop"] and requested not in (None, "none"):
+        applied = repair.get("method")
+        print(
+            f"repair: {applied}"
+            + (f" ({requested} was asked for; the model is the plain cut)" if applied != requested else "")
+        )
+    guard = repair.get("guard")
     if guard:
         print(
             f"repair guard ({guard['measure']} on {guard['sequences']} held-back sequences): plain cut "

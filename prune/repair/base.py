@@ -85,7 +85,9 @@ class RepairReport:
     """The repair of a whole cut: one `SpanRepair` per contiguous span, and the warnings.
 
     Attributes:
-        method: the repair method's name ("none" for the plain cut).
+        method: the repair method applied to the model: "none" when it is the plain cut, also where
+            another method was asked for and fitted nothing, could not be used, or was fitted and then
+            discarded by the repair guard (`method_requested` says which).
         order: "sequential" (each span fitted on the model with the earlier spans cut and repaired)
             or "one-pass" (every span fitted on the original model in one pass).
         objective: "mse" or "relative" (see `prune.repair.stage.repair_cut`).
@@ -96,6 +98,8 @@ class RepairReport:
             None when it was not asked for.
         guard: the repair guard's verdict (`prune.repair.guard.GuardResult.to_dict`; ``kept: plain`` when
             the repair raised the held-back loss and the plain cut was kept), or None when not guarded.
+        method_requested: the repair method the run asked for (defaults to `method`). The spans and the
+            refit record what that method fitted, applied or not.
     """
 
     method: str
@@ -106,6 +110,11 @@ class RepairReport:
     warnings: list[str] = field(default_factory=list)
     refit: dict[str, Any] | None = None
     guard: dict[str, Any] | None = None
+    method_requested: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.method_requested:
+            self.method_requested = self.method
 
     @property
     def applied(self) -> bool:
@@ -113,10 +122,17 @@ class RepairReport:
         fitted = any(span.skipped is None for span in self.spans) or self.refit is not None
         return self.method != "none" and fitted and (self.guard or {}).get("kept") != "plain"
 
+    def keep_plain_cut(self) -> None:
+        """Record that the model is the plain cut after all: `method` becomes ``none``, while
+        `method_requested`, the spans and the refit still say what was asked for and fitted."""
+        self.method = "none"
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict for the pruning report and model card."""
+        """JSON-able dict for the pruning report and model card (``method`` is what was applied,
+        ``method_requested`` what was asked for; reports written before it have ``method`` only)."""
         return {
             "method": self.method,
+            "method_requested": self.method_requested,
             "order": self.order,
             "objective": self.objective,
             "seconds": round(self.seconds, 3),

@@ -75,8 +75,8 @@ def repair_from_options(
 
     Example:
         >>> report = repair_from_options(model, pruned, plan.drop, batches, options, anatomy=anatomy)  # doctest: +SKIP
-        >>> report.method  # doctest: +SKIP
-        'linear'
+        >>> report.method, report.method_requested  # doctest: +SKIP
+        ('linear', 'linear')
     """
     # looked up on the package when called, so that a replaced `prune.repair.repair_cut` is the one used
     from prune.repair import RepairError, RepairReport, repair_cut
@@ -104,7 +104,13 @@ def repair_from_options(
         if "repair" in options.model_fields_set:
             raise
         logger.warning("not repaired: %s", err)
-        return RepairReport("none", options.repair_order, options.repair_objective, warnings=[str(err)])
+        return RepairReport(
+            "none",
+            options.repair_order,
+            options.repair_objective,
+            warnings=[str(err)],
+            method_requested=options.repair,
+        )
 
 
 __all__ = ["refit_after_cut", "repair_from_options"]

@@ -325,6 +325,8 @@ def repair_cut(
             progress=progress,
         ).to_dict()
     report.seconds = time.perf_counter() - started
+    if not report.applied:  # every span was skipped and nothing was refitted: the model is the plain cut
+        report.keep_plain_cut()
     return report
 
 

@@ -84,6 +84,7 @@ def _guard(ctx: RunContext, report, plain) -> None:
     if result.kept == "plain":
         # the shared-weight plain cut is the result, unless the caller's model must not share tensors
         ctx.pruned = _plain_cut(ctx, share_weights=False) if ctx.model_given else plain
+        report.keep_plain_cut()
         report.warnings.append(
             f"the repair made the cut worse on {result.sequences} held-back calibration sequences "
             f"({result.measure} {result.loss_plain:.4g} plain vs {result.loss_repaired:.4g} repaired), so the "
