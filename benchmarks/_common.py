@@ -228,6 +228,44 @@ def quality_keys(kind: str) -> tuple[str, ...]:
     return ("perplexity",) if kind == "causal-lm" else ("cosine_mean", "cosine_min")
 
 
+# The quality figures a progress line shows, where a row has them (held-out perplexity; encoder fidelity).
+QUALITY_FIELDS = ("perplexity", "cosine_mean", "cosine_min")
+# Timings a progress line shows, in the order of a run, with their names in the line.
+_TIMES = (("plan_s", "plan"), ("repair_s", "repair"), ("squeeze_s", "squeeze"), ("build_s", "build"),
+          ("eval_s", "eval"))  # fmt: skip
+
+
+def result_line(row: dict[str, Any]) -> str:
+    """One measured row of a quality benchmark as a progress line, from the fields it has.
+
+    What was measured (blocks cut, method, FFN keep, seed, blocks, repair and order), its quality
+    figures in 4 significant digits, then size, latency and timings; a row that failed (``error``)
+    ends with the error instead.
+
+    Example:
+        >>> result_line({"method": "span", "drop": 6, "seed": 0, "blocks": [13, 14], "repair": "linear",
+        ...              "order": "sequential", "perplexity": 52.191, "repair_s": 10.04, "eval_s": 2.0})
+        'drop 6 | span (seed 0) | [13, 14] | linear sequential | perplexity 52.19 | repair 10.0 s, eval 2.0 s'
+    """
+    name = str(row["method"])
+    name += f" keep {row['keep']}" if "keep" in row else ""
+    name += f" (seed {row['seed']})" if "seed" in row else ""
+    parts = [f"drop {row.get('drop', 0)}", name]
+    if "blocks" in row:
+        parts.append(str(row["blocks"]))
+    if "repair" in row:
+        parts.append(f"{row['repair']} {row.get('order', '')}".strip())
+    if "error" in row:
+        return " | ".join(parts) + f": {row['error']}"
+    parts.append(", ".join(f"{k} {row[k]:.4g}" for k in QUALITY_FIELDS if k in row))
+    if row.get("parameters") is not None:
+        parts.append(f"params {row['parameters']:,}")
+    if row.get("latency_ms") is not None:
+        parts.append(f"latency {row['latency_ms']:.1f} ms")
+    times = ", ".join(f"{label} {row[key]:.1f} s" for key, label in _TIMES if row.get(key) is not None)
+    return " | ".join(part for part in (*parts, times) if part)
+
+
 def figure(width: float, height: float, ncols: int = 1):
     """A matplotlib Figure and its axes on the Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

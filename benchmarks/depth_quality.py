@@ -106,7 +106,7 @@ def main() -> None:
 
 
 def run(args, out: Path) -> None:
-    from benchmarks._common import Results, load_protocol
+    from benchmarks._common import Results, load_protocol, result_line
     from prune.collect import collect_stats
     from prune.evaluation import evaluate_model
     from prune.options import PruneOptions
@@ -236,7 +236,7 @@ def run(args, out: Path) -> None:
         if label == "default":
             row = _measure_default(setup, scores, args, drop, args.seed, evaluate)
             results.add(key, row)
-            print(_line(row), flush=True)
+            print(result_line(row), flush=True)
             continue
         row = _measure(
             model,
@@ -254,7 +254,7 @@ def run(args, out: Path) -> None:
             results.data["rows"],
         )
         results.add(key, row)
-        print(_line(row), flush=True)
+        print(result_line(row), flush=True)
     results.save()
     print(f"wrote {out} and {plot_depth(results.data, out.with_suffix('.png'))}")
 
@@ -470,16 +470,6 @@ def _spans(blocks: list[int]) -> list[tuple[int, int]]:
 
 def _since(start: float) -> float:
     return round(time.perf_counter() - start, 2)
-
-
-def _line(row: dict) -> str:
-    if "error" in row:
-        return f"drop {row['drop']} | {row['method']} | {row['blocks']} | {row['repair']}: {row['error']}"
-    quality = ", ".join(f"{k} {row[k]:.4g}" for k in ("perplexity", "cosine_mean", "cosine_min") if k in row)
-    return (
-        f"drop {row['drop']} | {row['method']} (seed {row['seed']}) | {row['blocks']} | {row['repair']} "
-        f"{row['order']} | {quality} | repair {row['repair_s']:.1f} s, eval {row['eval_s']:.1f} s"
-    )
 
 
 def plot_depth(data: dict, path: Path) -> Path:

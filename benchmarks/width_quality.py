@@ -71,7 +71,7 @@ def run(args, out: Path) -> None:
 
     import torch
 
-    from benchmarks._common import Results, load_protocol
+    from benchmarks._common import Results, load_protocol, result_line
     from prune.budget.cost import ModelCosts
     from prune.evaluation import evaluate_model
     from prune.width import squeeze_model
@@ -157,7 +157,7 @@ def run(args, out: Path) -> None:
             }
             del result
             results.add(key, row)
-            print(_line(row), flush=True)
+            print(result_line(row), flush=True)
     del stats
 
     scores: dict = {}  # the angular scores of the original, collected once for every --pareto keep
@@ -167,7 +167,7 @@ def run(args, out: Path) -> None:
             model, anatomy, costs, calib, budget, keep, args.pareto_method, results, evaluate, scores
         )
         for row in rows:
-            print(_line(row), flush=True)
+            print(result_line(row), flush=True)
     results.save()
     print(f"wrote {out} and {plot_width(results.data, out.with_suffix('.png'))}")
 
@@ -231,14 +231,6 @@ def _equal_params(
         results.add(key, row)
         rows.append(row)
     return rows
-
-
-def _line(row: dict) -> str:
-    quality = ", ".join(f"{k} {row[k]:.4g}" for k in ("perplexity", "cosine_mean", "cosine_min") if k in row)
-    return (
-        f"{row['method']} keep {row['keep']} drop {row.get('drop', 0)} | {quality} | params {row.get('parameters')} | "
-        f"latency {row.get('latency_ms', 0):.1f} ms"
-    )
 
 
 def plot_width(data: dict, path: Path) -> Path:

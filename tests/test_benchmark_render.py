@@ -1,4 +1,5 @@
-"""benchmarks/render.py: the README's depth tables name the pipeline's own rows as our default."""
+"""benchmarks/render.py: the README's depth tables name the pipeline's own rows as our default; and the
+benchmarks' one progress line per measured row (`_common.result_line`)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,23 @@ def test_without_pipeline_rows_the_defaults_strategy_and_repair_stand_for_it():
     data = _data([_row("span", 2, "linear", 12.0), _row("topk", 2, "linear", 13.0)])
     assert "with linear: **our default**" in depth_tables(data)
     assert "our default (span + linear) 12.00 no other row is better" in verdict(data)
+
+
+def test_one_progress_line_for_depth_and_width_rows():
+    from benchmarks._common import result_line
+
+    depth = _row("span", 6, "linear", 52.191, repair_s=10.04, eval_s=2.0, plan_s=None)
+    assert result_line(depth) == (
+        "drop 6 | span (seed 0) | [1, 2] | linear sequential | perplexity 52.19 | repair 10.0 s, eval 2.0 s"
+    )
+    failed = {**depth, "error": "no kept block before the span"}
+    assert (
+        result_line(failed)
+        == "drop 6 | span (seed 0) | [1, 2] | linear sequential: no kept block before the span"
+    )
+    width = {"method": "squeeze", "keep": 0.75, "drop": 0, "cosine_mean": 0.97512, "cosine_min": 0.9,
+             "parameters": 113274432, "latency_ms": 3.04, "squeeze_s": 1.26}  # fmt: skip
+    assert result_line(width) == (
+        "drop 0 | squeeze keep 0.75 | cosine_mean 0.9751, cosine_min 0.9 | params 113,274,432 | "
+        "latency 3.0 ms | squeeze 1.3 s"
+    )
