@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ridge", type=float, default=1e-3)
+    parser.add_argument(
+        "--ridge", default="auto", help="the squeeze's ridge: a number, or auto (chosen on held-back batches)"
+    )
     parser.add_argument("--probe", action="store_true", help="encoders: also probe accuracy (minutes)")
     parser.add_argument(
         "--depth",
@@ -62,6 +64,7 @@ def main() -> None:
     from prune.evaluation import EvalSettings, evaluate_model
     from prune.loading import load_model
     from prune.width import squeeze_model
+    from prune.width.ridge import hold_back_split
     from prune.width.stats import collect_ffn_stats
 
     loaded = load_model(args.model, device="cpu", dtype="float32", progress=False)
@@ -96,21 +99,32 @@ def main() -> None:
 
     dense = measure(model)
     start = time.perf_counter()
-    stats = collect_ffn_stats(model, calib, anatomy, list(range(anatomy.num_blocks)), progress=False)
+    # the statistics of the batches a fold is fitted on and of those held back to choose its ridge,
+    # apart (as squeeze_model takes them); the fixed-ridge methods use both together
+    fit_batches, held_batches = hold_back_split(calib)
+    every = list(range(anatomy.num_blocks))
+    fit_stats = collect_ffn_stats(model, fit_batches, anatomy, every, progress=False)
+    held_stats = (
+        collect_ffn_stats(model, held_batches, anatomy, every, progress=False) if held_batches else {}
+    )
+    stats = {b: fit_stats[b] + held_stats[b] if held_stats else fit_stats[b] for b in every}
     collect_s = time.perf_counter() - start
     rows = [{"method": "(dense)", "keep": 1.0, **dense}]
     for keep in [float(k) for k in args.keeps.split(",")]:
         for entry in args.methods.split(","):
             method, *options = entry.split(":")
             start = time.perf_counter()
+            ridge = _ridge(next((o[6:] for o in options if o.startswith("ridge=")), args.ridge))
+            seq = "seq" in options
             result = squeeze_model(
                 model,
                 calib,
                 keep=keep,
                 method=method,
-                ridge=next((float(o[6:]) for o in options if o.startswith("ridge=")), args.ridge),
+                ridge=ridge,
                 # seq: statistics block by block on the model already squeezed before it (one pass each)
-                stats=None if "seq" in options else stats,
+                stats=None if seq else (fit_stats if ridge == "auto" and held_stats else stats),
+                held_back_stats=None if seq or ridge != "auto" else held_stats or None,
                 block_group=1 if "seq" in options else None,
                 energy_levels=(),
                 progress=False,
@@ -126,6 +140,7 @@ def main() -> None:
                 ).to_dict()
                 refit_s = time.perf_counter() - start
             errors = [b.error for b in result.report.blocks]
+            held = [b.held_back_error for b in result.report.blocks if b.held_back_error is not None]
             rows.append(
                 {
                     "method": entry,
@@ -135,6 +150,8 @@ def main() -> None:
                     "kept": result.report.kept,
                     "squeeze_s": seconds,
                     "mean_output_error": sum(errors) / len(errors),
+                    "mean_held_back_error": sum(held) / len(held) if held else None,
+                    "ridges": sorted({b.ridge for b in result.report.blocks}),
                     **measure(result.model),
                 }
             )
@@ -168,12 +185,22 @@ def _depth_vs_width(args, model, calib, anatomy, measure) -> list[dict]:
         cut = remove_blocks(model, plan.drop, anatomy=anatomy)
         if width is not None:
             cut = squeeze_model(
-                cut, calib, keep=width, ridge=args.ridge, inplace=True, energy_levels=(), progress=False
+                cut,
+                calib,
+                keep=width,
+                ridge=_ridge(args.ridge),
+                inplace=True,
+                energy_levels=(),
+                progress=False,
             ).model
         label = f"span {target}" + (f" + squeeze {width}" if width is not None else "")
         rows.append({"method": label, "keep": width or 1.0, **measure(cut)})
         print(_row(rows[-1], None), flush=True)
     return rows
+
+
+def _ridge(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def _batch_perplexity(model, batches) -> float:
@@ -215,7 +242,7 @@ def _row(row: dict, dense: dict | None) -> str:
 
 def _table(rows: list[dict]) -> str:
     columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    extra = ["mean_output_error"]
+    extra = ["mean_output_error", "mean_held_back_error"]
     lines = [
         "| method | keep | " + " | ".join(columns + extra) + " |",
         "|---|---|" + "---|" * (len(columns) + 1),

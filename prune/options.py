@@ -284,11 +284,19 @@ class WidthOptions(_Group):
         "(pivoted Cholesky of the activations + least squares, Ozen & Orailoglu), pivot (squeeze's selection, "
         "no compensation), magnitude, wanda, flap (baselines).",
     )
-    ffn_ridge: float = Field(
-        default=1e-3,
-        gt=0,
-        description="Damping of the FFN least-squares fits, relative to the mean neuron energy.",
+    ffn_ridge: float | Literal["auto"] = Field(
+        default="auto",
+        description="Damping of the FFN least-squares folds, relative to the mean neuron energy, or 'auto': "
+        "chosen per block by the output error on every 5th calibration batch, held back from a first fit "
+        "(the fold then uses all the batches).",
     )
+
+    @field_validator("ffn_ridge")
+    @classmethod
+    def _ffn_ridge(cls, value: float | str) -> float | str:
+        if value != "auto" and not value > 0:
+            raise ValueError(f"ffn_ridge must be 'auto' or a positive number, got {value}")
+        return value
 
     @field_validator("ffn_keep")
     @classmethod

@@ -239,20 +239,27 @@ def guard_lines(guard: dict[str, Any]) -> list[str]:
 
 def squeeze_section(squeeze: dict[str, Any], *, heading: str = "##") -> list[str]:
     """Markdown lines for a `SqueezeReport` dict: the method, and per block the kept neurons and the
-    relative FFN output error on calibration data with and without the compensation."""
+    relative FFN output error on calibration data with and without the compensation (and on the
+    held-back batches, with the chosen ridge, when the ridge was chosen by them)."""
+    held = any(b.get("held_back_error") is not None for b in squeeze["blocks"])
     lines = [
         f"{heading} FFN squeeze",
         "",
         f"- Method: `{squeeze['method']}`: {squeeze['description']}",
         f"- Kept: {squeeze['kept']} of {squeeze['size_before']} neurons in every block (keep {squeeze['keep']}; "
         "stock configs hold one intermediate size)",
-        f"- Fitted on {squeeze['num_tokens']:,} calibration tokens in {squeeze['passes']} pass(es), ridge "
-        f"{squeeze['ridge']:g}, {squeeze['gram_bytes_per_block'] / 1e6:.1f} MB of statistics per block, "
+        f"- Fitted on {squeeze['num_tokens']:,} calibration tokens in {squeeze['passes']} pass(es), "
+        f"{_ridge_text(squeeze)}, {squeeze['gram_bytes_per_block'] / 1e6:.1f} MB of statistics per block, "
         f"{squeeze['seconds']:.1f} s",
         "",
         "Relative output error of each FFN, E||W a - W' a_K||^2 / E||W a||^2 on calibration data, with the "
-        "fold and with the same neurons merely removed; neurons needed to keep a fraction of the activation "
-        "energy (pivoted Cholesky):",
+        "fold and with the same neurons merely removed"
+        + (
+            "; the same on the held-back batches for the fold fitted without them (what to expect on new text)"
+            if held
+            else ""
+        )
+        + "; neurons needed to keep a fraction of the activation energy (pivoted Cholesky):",
         "",
     ]
     levels = list(squeeze["blocks"][0].get("neurons_for_energy") or {}) if squeeze["blocks"] else []
@@ -262,18 +269,42 @@ def squeeze_section(squeeze: dict[str, Any], *, heading: str = "##") -> list[str
             b["kept"],
             b["error"],
             b["error_uncompensated"],
+            *((b.get("held_back_error"), b.get("ridge")) if held else ()),
             *(b["neurons_for_energy"][k] for k in levels),
         ]
         for b in squeeze["blocks"]
     ]
+    extra = ["error held back", "ridge"] if held else []
     lines += _table(
-        ["block", "kept", "error", "error without fold", *(f"neurons for {k}" for k in levels)], rows
+        ["block", "kept", "error", "error without fold", *extra, *(f"neurons for {k}" for k in levels)], rows
     )
     if squeeze.get("refit"):
         from prune.repair.refit_report import refit_lines
 
         lines += ["", *refit_lines(squeeze["refit"])]
     return lines
+
+
+def _ridge_text(squeeze: dict[str, Any]) -> str:
+    """How the squeeze's ridge was set, for the report."""
+    ridge = squeeze["ridge"]
+    if ridge != "auto":
+        return f"ridge {ridge:g}"
+    chosen = sorted({b["ridge"] for b in squeeze["blocks"] if b.get("ridge") is not None})
+    if squeeze.get("held_back_tokens"):
+        span = f"{chosen[0]:g}" if len(chosen) == 1 else f"{chosen[0]:g} to {chosen[-1]:g}"
+        return (
+            f"ridge chosen per block on {squeeze['held_back_tokens']:,} of those tokens held back from a first "
+            f"fit ({span})"
+        )
+    note = squeeze.get("ridge_note")
+    return (
+        f"ridge {chosen[0]:g} ({note})"
+        if note and chosen
+        else f"ridge {chosen[0]:g}"
+        if chosen
+        else "ridge auto"
+    )
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:

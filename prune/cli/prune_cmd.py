@@ -109,8 +109,14 @@ def print_summary(result) -> None:
         print(
             f"FFN width {squeeze['size_before']} -> {squeeze['kept']} in every block ({squeeze['method']}, "
             f"keep {squeeze['keep']}); relative output error mean {sum(errors) / len(errors):.4f}, "
-            f"max {max(errors):.4f}"
+            f"max {max(errors):.4f} on calibration data"
         )
+        held = [b["held_back_error"] for b in squeeze["blocks"] if b.get("held_back_error") is not None]
+        if held:
+            print(
+                f"  on {squeeze['held_back_tokens']:,} held-back tokens (the fold fitted without them, ridge chosen "
+                f"per block): mean {sum(held) / len(held):.4f}, max {max(held):.4f}"
+            )
     print(f"parameters {model['params_before']:,} -> {model['params_after']:,}")
     evaluation = report.get("evaluation")
     if evaluation:

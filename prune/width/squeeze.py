@@ -42,6 +42,8 @@ class BlockSqueeze:
     error: float
     error_uncompensated: float
     neurons_for_energy: dict[str, int] = field(default_factory=dict)
+    ridge: float | None = None
+    held_back_error: float | None = None
 
 
 @dataclass
@@ -53,13 +55,15 @@ class SqueezeReport:
     keep: str
     size_before: int
     kept: int
-    ridge: float
+    ridge: float | str
     num_tokens: int
     passes: int
     gram_bytes_per_block: int
     blocks: list[BlockSqueeze]
     seconds: float
     refit: dict[str, Any] | None = None
+    held_back_tokens: int = 0
+    ridge_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +84,7 @@ def squeeze_model(
     keep: float | str = 0.75,
     method: str = "squeeze",
     anatomy: Any = None,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | str = "auto",
     block_group: int | None = None,
     max_tokens: int | None = None,
     skip_tokens: int = 0,
@@ -88,6 +92,7 @@ def squeeze_model(
     inplace: bool = False,
     progress: bool = True,
     stats: dict[int, Any] | None = None,
+    held_back_stats: dict[int, Any] | None = None,
     energy_levels: Sequence[float] = ENERGY_LEVELS,
     refit: bool = False,
     refit_attention: bool = False,
@@ -103,7 +108,11 @@ def squeeze_model(
             block keeps a fraction E of its activation energy (pivoted-Cholesky count, the maximum over blocks).
         method: A name of `prune.width.FFN_METHODS` (default "squeeze").
         anatomy: The model's anatomy (found with `get_anatomy` when None).
-        ridge: Damping of the least-squares solves, relative to the mean neuron energy.
+        ridge: Damping of the least-squares solves, relative to the mean neuron energy, or ``"auto"``
+            (default): each block's ridge is chosen from `prune.width.ridge.RIDGE_GRID` by the output error
+            on every 5th calibration batch, held back from a first fit, and the fold is then fitted on all
+            the batches with it (`prune.width.ridge`; no extra forward pass). Methods without a
+            least-squares fold, or a single calibration batch, use the default 1e-3.
         block_group: Blocks per calibration pass (None: as many as fit 2 GiB of float64 Grams). Each
             pass runs on the model as it is then, so later groups see the earlier ones squeezed.
         max_tokens, skip_tokens: Token budget and leading tokens left out, as in `collect_stats`.
@@ -112,6 +121,8 @@ def squeeze_model(
         progress: Show progress bars.
         stats: Statistics of every block already collected on this model (`collect_ffn_stats`, e.g. to
             compare methods on the same data); then no calibration pass runs and `batches` is not read.
+        held_back_stats: With `stats` and ``ridge="auto"``: the statistics of the held-back batches
+            (`stats` being those of the others); without them a given `stats` uses the default ridge.
 
         energy_levels: Report per block how many neurons keep these fractions of the activation energy
             (a pivoted Cholesky per block: about a second for d_ff 1536); () skips it.
@@ -136,10 +147,17 @@ def squeeze_model(
     from prune.anatomy import get_anatomy
     from prune.width.compensate import apply_to_block, block_problem, interpolation, output_errors
     from prune.width.methods import FFN_METHODS
+    from prune.width.ridge import choose_ridge, hold_back_split
     from prune.width.selection import SELECTORS, energy_curve, neurons_needed
     from prune.width.stats import block_groups, collect_ffn_stats, gram_bytes
 
     budget = parse_ffn_keep(keep)
+    if ridge != "auto" and (isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0):
+        from prune.errors import RepairError
+
+        raise RepairError(
+            f"ridge must be 'auto' or a positive number, got {ridge!r}; pass e.g. 1e-3, or 'auto'"
+        )
     chosen = FFN_METHODS.get(method)
     selector = SELECTORS[chosen.selection]
     start = time.perf_counter()
@@ -165,44 +183,80 @@ def squeeze_model(
 
     count = None if budget.fraction is None else max(1, round(budget.fraction * size))
     limit = max((*energy_levels, *((budget.energy,) if budget.energy is not None else ())), default=0.0)
+    ridge_note = None
+    validate = ridge == "auto" and chosen.compensation == "ls"
+    fit_batches, held_batches = hold_back_split(batches) if validate and stats is None else (batches, [])
+    if validate and stats is None and not held_batches:
+        validate, ridge_note = (
+            False,
+            "one calibration batch: nothing to hold back, so the ridge is the default",
+        )
+    if validate and stats is not None and held_back_stats is None:
+        validate, ridge_note = False, "statistics given without held_back_stats, so the ridge is the default"
+    fixed_ridge = DEFAULT_RIDGE if ridge == "auto" else float(ridge)
+
+    def collect_group(group: list[int]) -> dict[int, tuple[Any, Any]]:
+        """(fitted-on, held-back or None) statistics of the group's blocks, one pass over the batches."""
+        fit = collect_ffn_stats(target, fit_batches, anatomy, group, **collect)
+        held = collect_ffn_stats(target, held_batches, anatomy, group, **collect) if validate else {}
+        return {b: (fit[b], held.get(b)) for b in group}
+
+    def pooled(pair: tuple[Any, Any]) -> Any:
+        return pair[0] if pair[1] is None else pair[0] + pair[1]
+
     curves: dict[int, Any] = {}
-    cached: dict[int, Any] = dict(stats) if stats is not None else {}
+    cached: dict[int, tuple[Any, Any]] = {}
     if stats is not None:
         groups = [list(range(len(blocks)))]
+        cached = {b: (stats[b], held_back_stats[b] if validate else None) for b in stats}
     passes = 0
-    if count is None and stats is not None:
+    if count is None and cached:
         curves = {
-            b: energy_curve(block_problem(mlp.parts(blocks[b]), stats[b]).fit_moment(), limit=limit)
-            for b in stats
+            b: energy_curve(block_problem(mlp.parts(blocks[b]), pooled(cached[b])).fit_moment(), limit=limit)
+            for b in cached
         }
         count = max(neurons_needed(curves[b], budget.energy, size) for b in curves)
     if count is None:
         # every block keeps the same count, so all curves are needed before the first fold; the
         # statistics of the last group are kept for the folds, the others are collected again
         for group in groups:
-            group_stats = collect_ffn_stats(target, batches, anatomy, group, **collect)
+            group_stats = collect_group(group)
             passes += 1
             for b in group:
                 curves[b] = energy_curve(
-                    block_problem(mlp.parts(blocks[b]), group_stats[b]).fit_moment(), limit=limit
+                    block_problem(mlp.parts(blocks[b]), pooled(group_stats[b])).fit_moment(), limit=limit
                 )
             cached = group_stats if len(groups) == 1 else {}
         count = max(neurons_needed(curves[b], budget.energy, size) for b in curves)
     results: list[BlockSqueeze] = []
-    num_tokens = 0
+    num_tokens = held_tokens = 0
     for group in groups:
         group_stats = cached if all(b in cached for b in group) else None
         if group_stats is None:
-            group_stats = collect_ffn_stats(target, batches, anatomy, group, **collect)
+            group_stats = collect_group(group)
             passes += 1
         for b in group:
             parts = mlp.parts(blocks[b])
-            problem = block_problem(parts, group_stats[b])
-            num_tokens = group_stats[b].num_tokens
+            fit_stats, held_stats = group_stats[b]
+            choice = None
+            if validate:
+                # the ridge is measured on the held-back batches; the fold then uses all of them
+                choice = choose_ridge(
+                    block_problem(parts, fit_stats),
+                    block_problem(parts, held_stats),
+                    count,
+                    selector,
+                    chosen.compensation,
+                    selection_ridge=fixed_ridge,
+                )
+            block_ridge = choice.ridge if choice is not None else fixed_ridge
+            problem = block_problem(parts, pooled(group_stats[b]))
+            num_tokens = pooled(group_stats[b]).num_tokens
+            held_tokens = held_stats.num_tokens if held_stats is not None else 0
             if b not in curves and energy_levels:
                 curves[b] = energy_curve(problem.fit_moment(), limit=limit)
-            kept = selector(problem, count, ridge)
-            transform, offset = interpolation(problem, kept, chosen.compensation, ridge)
+            kept = selector(problem, count, fixed_ridge)
+            transform, offset = interpolation(problem, kept, chosen.compensation, block_ridge)
             error, uncompensated = output_errors(problem, kept, transform, offset)
             results.append(
                 BlockSqueeze(
@@ -212,11 +266,18 @@ def squeeze_model(
                     error=error,
                     error_uncompensated=uncompensated,
                     neurons_for_energy={f"{e:g}": neurons_needed(curves[b], e, size) for e in energy_levels},
+                    ridge=block_ridge,
+                    held_back_error=choice.held_back_error if choice is not None else None,
                 )
             )
             apply_to_block(parts, kept, transform, offset)
             logger.info(
-                "block %d: kept %d of %d neurons, output error %.4f", b, count, size, results[-1].error
+                "block %d: kept %d of %d neurons, output error %.4f (ridge %g)",
+                b,
+                count,
+                size,
+                results[-1].error,
+                block_ridge,
             )
         del group_stats
         cached = {}
@@ -252,8 +313,10 @@ def squeeze_model(
         keep=budget.describe(),
         size_before=size,
         kept=count,
-        ridge=ridge,
+        ridge=ridge if ridge == "auto" else float(ridge),
         num_tokens=num_tokens,
+        held_back_tokens=held_tokens,
+        ridge_note=ridge_note,
         passes=passes,
         gram_bytes_per_block=gram_bytes(size),
         blocks=results,

@@ -49,6 +49,10 @@ class FfnStats:
     def mean(self) -> Tensor:
         return self.total / max(self.num_tokens, 1)
 
+    def __add__(self, other: FfnStats) -> FfnStats:
+        """The statistics of both token sets together (the sums add)."""
+        return FfnStats(self.gram + other.gram, self.total + other.total, self.num_tokens + other.num_tokens)
+
     def second_moment(self, *, centred: bool) -> Tensor:
         """``E[a a^T]`` (or the covariance when `centred`), float64 [d_ff, d_ff]."""
         moment = self.gram / max(self.num_tokens, 1)
