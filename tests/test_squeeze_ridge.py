@@ -11,7 +11,7 @@ from prune.errors import PruneError, RepairError
 from prune.report import squeeze_section
 from prune.width import squeeze_model
 from prune.width.compensate import block_problem, interpolation, output_errors, relative_output_error
-from prune.width.ridge import RIDGE_GRID, choose_ridge, hold_back_split
+from prune.width.ridge import RIDGE_GRID, choose_ridge, hold_back_split, split_token_budget
 from prune.width.selection import SELECTORS, BlockProblem
 from prune.width.stats import collect_ffn_stats
 from tests.test_squeeze import _batches
@@ -110,3 +110,13 @@ def test_ffn_ridge_flag():
     for bad in ("0", "-1", "lots"):
         with pytest.raises(PruneError, match="--ffn-ridge"):
             options("--ffn-ridge", bad)
+
+
+def test_a_token_budget_is_shared_between_the_fit_and_the_held_back_batches():
+    assert split_token_budget(1000) == (800, 200)
+    assert split_token_budget(None) == (None, None)
+    report = squeeze_model(
+        build_tiny("llama"), _batches("llama", rows=20), keep=0.5, max_tokens=100, progress=False
+    )
+    assert report.report.num_tokens <= 100
+    assert 0 < report.report.held_back_tokens <= 20

@@ -113,7 +113,8 @@ class CandidateBuilder:
                 skip_tokens=self.options.skip_tokens,
                 inplace=True,
                 progress=self.progress,
-                stats=stats,
+                stats=None if stats is None else stats[0],
+                held_back_stats=None if stats is None else stats[1],
                 energy_levels=(),
             )
             model, squeeze = result.model, result.report
@@ -186,15 +187,26 @@ class CandidateBuilder:
         kept = self.anatomy.num_blocks - len(drop)
         if size and kept * gram_bytes(size) <= CACHE_BYTES:
             from prune.anatomy import get_anatomy
+            from prune.width.ridge import hold_back_split, split_token_budget
 
-            stats = collect_ffn_stats(
-                cut,
-                self.fit,
-                get_anatomy(cut, options.block_path),
-                list(range(kept)),
-                max_tokens=options.max_tokens,
-                skip_tokens=options.skip_tokens,
-                progress=self.progress,
+            # with the ridge chosen on held-back batches, their statistics are kept apart (squeeze_model's
+            # `held_back_stats`); the same tokens either way
+            auto = options.ffn_ridge == "auto"
+            parts = hold_back_split(self.fit) if auto else (self.fit, [])
+            budgets = split_token_budget(options.max_tokens) if auto else (options.max_tokens, None)
+            stats = tuple(
+                collect_ffn_stats(
+                    cut,
+                    batches,
+                    get_anatomy(cut, options.block_path),
+                    list(range(kept)),
+                    max_tokens=budget,
+                    skip_tokens=options.skip_tokens,
+                    progress=self.progress,
+                )
+                if batches
+                else None
+                for batches, budget in zip(parts, budgets, strict=True)
             )
         self._cut = (drop, cut, repair, stats)
         return cut, repair, stats

@@ -57,6 +57,21 @@ def hold_back_split(batches: Sequence[Any], every: int = HOLD_BACK_EVERY) -> tup
     return [b for i, b in enumerate(batches) if i % every != every - 1], held
 
 
+def split_token_budget(max_tokens: int | None, every: int = HOLD_BACK_EVERY) -> tuple[int | None, int | None]:
+    """A token budget shared the way `hold_back_split` shares the batches: (fit, held back).
+
+    Example:
+        >>> split_token_budget(1000)
+        (800, 200)
+        >>> split_token_budget(None)
+        (None, None)
+    """
+    if max_tokens is None:
+        return None, None
+    held = max(1, max_tokens // every)
+    return max(1, max_tokens - held), held
+
+
 def choose_ridge(
     fit: BlockProblem,
     held_back: BlockProblem,
@@ -90,4 +105,11 @@ def choose_ridge(
     return RidgeChoice(ridge=best, held_back_error=errors[best], errors=errors)
 
 
-__all__ = ["HOLD_BACK_EVERY", "RIDGE_GRID", "RidgeChoice", "choose_ridge", "hold_back_split"]
+__all__ = [
+    "HOLD_BACK_EVERY",
+    "RIDGE_GRID",
+    "RidgeChoice",
+    "choose_ridge",
+    "hold_back_split",
+    "split_token_budget",
+]

@@ -147,7 +147,7 @@ def squeeze_model(
     from prune.anatomy import get_anatomy
     from prune.width.compensate import apply_to_block, block_problem, interpolation, output_errors
     from prune.width.methods import FFN_METHODS
-    from prune.width.ridge import choose_ridge, hold_back_split
+    from prune.width.ridge import choose_ridge, hold_back_split, split_token_budget
     from prune.width.selection import SELECTORS, energy_curve, neurons_needed
     from prune.width.stats import block_groups, collect_ffn_stats, gram_bytes
 
@@ -197,8 +197,15 @@ def squeeze_model(
 
     def collect_group(group: list[int]) -> dict[int, tuple[Any, Any]]:
         """(fitted-on, held-back or None) statistics of the group's blocks, one pass over the batches."""
-        fit = collect_ffn_stats(target, fit_batches, anatomy, group, **collect)
-        held = collect_ffn_stats(target, held_batches, anatomy, group, **collect) if validate else {}
+        if not validate:
+            return {
+                b: (s, None) for b, s in collect_ffn_stats(target, batches, anatomy, group, **collect).items()
+            }
+        fit_tokens, held_tokens = split_token_budget(max_tokens)
+        fit = collect_ffn_stats(target, fit_batches, anatomy, group, **{**collect, "max_tokens": fit_tokens})
+        held = collect_ffn_stats(
+            target, held_batches, anatomy, group, **{**collect, "max_tokens": held_tokens}
+        )
         return {b: (fit[b], held.get(b)) for b in group}
 
     def pooled(pair: tuple[Any, Any]) -> Any:
