@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 METHODS = ("squeeze", "squeeze-forward", "textbook", "pivot", "flap", "wanda", "magnitude")
@@ -110,6 +111,22 @@ def main() -> None:
     stats = {b: fit_stats[b] + held_stats[b] if held_stats else fit_stats[b] for b in every}
     collect_s = time.perf_counter() - start
     rows = [{"method": "(dense)", "keep": 1.0, **dense}]
+    held_tokens = held_stats[0].num_tokens if held_stats else 0
+
+    def save() -> None:
+        """Write the rows so far (--json-out), so that a stopped run keeps what it measured."""
+        if args.json_out:
+            report = {
+                "model": args.model,
+                "calib_tokens": stats[0].num_tokens,
+                "held_back_tokens": held_tokens,
+                "collect_s": collect_s,
+                "command": "python " + " ".join(sys.argv),
+                "rows": rows,
+            }
+            with open(args.json_out, "w") as handle:
+                json.dump(report, handle, indent=2)
+
     for keep in [float(k) for k in args.keeps.split(",")]:
         for entry in args.methods.split(","):
             method, *options = entry.split(":")
@@ -157,12 +174,10 @@ def main() -> None:
             )
             del result
             print(_row(rows[-1], rows[0]), flush=True)
+            save()
     if args.depth:
         rows += _depth_vs_width(args, model, calib, anatomy, measure)
-    report = {"model": args.model, "calib_tokens": stats[0].num_tokens, "collect_s": collect_s, "rows": rows}
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        save()
     print(
         f"\n{args.model}: FFN statistics of {anatomy.num_blocks} blocks over {stats[0].num_tokens} tokens in {collect_s:.0f} s"
     )
@@ -245,7 +260,7 @@ def _table(rows: list[dict]) -> str:
     extra = ["mean_output_error", "mean_held_back_error"]
     lines = [
         "| method | keep | " + " | ".join(columns + extra) + " |",
-        "|---|---|" + "---|" * (len(columns) + 1),
+        "|---|---|" + "---|" * (len(columns) + len(extra)),
     ]
     for row in rows:
         cells = [_fmt(row.get(c)) for c in columns + extra]
