@@ -418,6 +418,11 @@ class PruneOptions(
                 f"--budget chooses the depth and the FFN width itself; drop {given} (or drop --budget to "
                 "prune by hand)"
             )
+        if self.budget is not None and self.refit == "on":
+            raise ValueError(
+                "--budget builds and scores its candidates without the refit, so --refit on would not be "
+                "applied; drop --refit on (or prune by hand with --target/--ffn-keep and --refit on)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -177,6 +177,10 @@ def test_budget_conflicts_with_a_hand_target():
         PruneOptions(model="m", budget="params:1M", target="4-layers")
     with pytest.raises(ValueError, match="params:100M"):
         PruneOptions(model="m", budget="params:lots")
+    # the search builds its candidates without the refit: asking for it is an error, not a silent no-op
+    with pytest.raises(ValueError, match="without the refit.*drop --refit on"):
+        PruneOptions(model="m", budget="params:1M", refit="on")
+    assert PruneOptions(model="m", budget="params:1M", refit="auto").refit == "auto"
 
 
 @pytest.fixture(scope="module")
