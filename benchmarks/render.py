@@ -291,6 +291,7 @@ def width_tables(data: dict) -> str:
         seconds = by_keep.get(keeps[-1], {}).get("squeeze_s")
         label = f"**{method}** ({described.get(method, '')})"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds if seconds is not None else ''} |")
+    lines += _error_table(width, keeps, methods)
     lines += [
         "",
         "Parameters and latency (ms per batch, median of 5). The latencies were taken on the shared CPU, "
@@ -331,6 +332,42 @@ def width_tables(data: dict) -> str:
                     f"{_fmt(r.get(key), kind)} | {r.get('latency_ms', 0):.0f} |"
                 )
     return "\n".join(lines)
+
+
+def _error_table(width: list[dict], keeps: list[float], methods: list[str]) -> list[str]:
+    """Mean relative FFN output error per method x keep, on the calibration tokens / held back, and the
+    ridges chosen; nothing for a result file measured before the held-back error was recorded."""
+    if not any(r.get("mean_held_back_error") is not None for r in width):
+        return []
+
+    def error(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    def ridges(row: dict) -> str:
+        chosen = row.get("ridges") or []
+        counts = {r: chosen.count(r) for r in sorted(set(chosen))}
+        return ", ".join(f"{r:g} x{n}" for r, n in counts.items()) if row.get("mean_held_back_error") else ""
+
+    lines = [
+        "",
+        "FFN output error (relative, mean over blocks): calibration (the final fold, fitted on every "
+        "calibration batch, on those same tokens) / held back (the fold fitted on 4 batches in 5 with the "
+        "chosen ridge, on the 5th: an estimate for new text). `-`: no least-squares fold, so no ridge to "
+        "choose and nothing held back. Ridges chosen, with the number of blocks:",
+        "",
+        "| method | " + " | ".join(f"keep {k:g}" for k in keeps) + " | ridges (keep " + f"{keeps[-1]:g}) |",
+        "|---|" + "---:|" * len(keeps) + "---|",
+    ]
+    for method in methods:
+        by_keep = {r["keep"]: r for r in width if r["method"] == method}
+        cells = [
+            f"{error(by_keep[k].get('mean_output_error'))} / {error(by_keep[k].get('mean_held_back_error'))}"
+            if k in by_keep
+            else ""
+            for k in keeps
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {ridges(by_keep.get(keeps[-1], {}))} |")
+    return lines
 
 
 def stage_tables(data: dict) -> str:

@@ -1,7 +1,10 @@
 """Width pruning, quality: every FFN method at several keeps, and depth vs width vs both at equal parameters.
 
 Per model: one load, one calibration pass for the FFN statistics of every block (shared by every
-method: `prune.width.squeeze_model(stats=...)`). Per keep x method: squeeze a copy and evaluate it on
+method: `prune.width.squeeze_model(stats=...)`), those of every 5th batch kept apart
+(`prune.width.ridge.hold_back_split`, passed as ``held_back_stats``) so that each row uses the library's
+default ridge, chosen per block on the held-back batches; each row records that held-back output error
+next to the calibration one, and the ridges chosen. Per keep x method: squeeze a copy and evaluate it on
 held-out text disjoint from the calibration text (`prune.evaluation.evaluate_model`: perplexity for
 causal LMs, cosine fidelity to the original's embeddings for encoders), with its parameters and
 latency (`prune.evaluation.speed`). Then, at the parameter count of each --pareto keep, three ways to
@@ -75,6 +78,7 @@ def run(args, out: Path) -> None:
     from prune.budget.cost import ModelCosts
     from prune.evaluation import evaluate_model
     from prune.width import squeeze_model
+    from prune.width.ridge import hold_back_split
     from prune.width.stats import collect_ffn_stats
 
     torch.manual_seed(args.seed)
@@ -129,21 +133,31 @@ def run(args, out: Path) -> None:
         results.add("dense", {"method": "dense", "keep": 1.0, "drop": 0, **evaluate(model)})
     print(f"{args.model}: {anatomy.num_blocks} blocks, d_ff {costs.intermediate_size}", flush=True)
 
-    stats = None
+    stats = held = None
     for keep in (float(k) for k in args.keeps.split(",")):
         for method in args.methods.split(","):
             key = f"width|{method}|{keep}"
             if results.done(key):
                 continue
             if stats is None:
+                # the batches a fold is fitted on and those held back to choose its ridge, summed apart
+                # (one forward pass each) as squeeze_model would split them itself
                 start = time.perf_counter()
-                stats = collect_ffn_stats(
-                    model, calib, anatomy, list(range(anatomy.num_blocks)), progress=False
-                )
+                fit_batches, held_batches = hold_back_split(calib)
+                every = list(range(anatomy.num_blocks))
+                stats = collect_ffn_stats(model, fit_batches, anatomy, every, progress=False)
+                held = collect_ffn_stats(model, held_batches, anatomy, every, progress=False) or None
                 results.save(ffn_stats_s=round(time.perf_counter() - start, 2))
             start = time.perf_counter()
             result = squeeze_model(
-                model, calib, keep=keep, method=method, stats=stats, energy_levels=(), progress=False
+                model,
+                calib,
+                keep=keep,
+                method=method,
+                stats=stats,
+                held_back_stats=held,
+                energy_levels=(),
+                progress=False,
             )
             squeeze_s = time.perf_counter() - start
             row = {
@@ -152,13 +166,13 @@ def run(args, out: Path) -> None:
                 "drop": 0,
                 "kept": result.report.kept,
                 "squeeze_s": round(squeeze_s, 2),
-                "mean_output_error": sum(b.error for b in result.report.blocks) / len(result.report.blocks),
+                **squeeze_errors(result.report),
                 **evaluate(result.model),
             }
             del result
             results.add(key, row)
             print(result_line(row), flush=True)
-    del stats
+    del stats, held
 
     scores: dict = {}  # the angular scores of the original, collected once for every --pareto keep
     for keep in (float(k) for k in filter(None, args.pareto.split(","))):
@@ -170,6 +184,24 @@ def run(args, out: Path) -> None:
             print(result_line(row), flush=True)
     results.save()
     print(f"wrote {out} and {plot_width(results.data, out.with_suffix('.png'))}")
+
+
+def squeeze_errors(report) -> dict:
+    """A squeeze report's mean relative FFN output errors (calibration, held back) and ridges per block.
+
+    The held-back error is None where no ridge was chosen on held-back batches (methods without a
+    least-squares fold): their fold, if any, did not see those batches' tokens differently.
+    """
+    blocks = report.blocks
+    held = [b.held_back_error for b in blocks if b.held_back_error is not None]
+    return {
+        "mean_output_error": sum(b.error for b in blocks) / len(blocks),
+        "mean_held_back_error": sum(held) / len(held) if held else None,
+        "ridges": [b.ridge for b in blocks],
+        "calib_tokens": report.num_tokens,
+        "held_back_tokens": report.held_back_tokens,
+        "ridge_note": report.ridge_note,
+    }
 
 
 def _equal_params(
@@ -210,13 +242,14 @@ def _equal_params(
             continue
         start = time.perf_counter()
         plan, pruned = cut(drop)
-        kept = None
+        kept, errors = None, {}
         if width:
             kept = costs.max_keep_within(plan.drop, budget)
             fraction = kept / costs.intermediate_size
-            pruned = squeeze_model(
+            squeezed = squeeze_model(
                 pruned, calib, keep=fraction, method=method, inplace=True, energy_levels=(), progress=False
-            ).model
+            )
+            pruned, errors = squeezed.model, squeeze_errors(squeezed.report)
         row = {
             "method": label,
             "keep": keep,
@@ -226,6 +259,7 @@ def _equal_params(
             "kept": kept,
             "width_method": method if width else None,
             "build_s": round(time.perf_counter() - start, 2),
+            **errors,
             **evaluate(pruned),
         }
         results.add(key, row)

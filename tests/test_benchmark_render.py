@@ -62,3 +62,41 @@ def test_one_progress_line_for_depth_and_width_rows():
         "drop 0 | squeeze keep 0.75 | cosine_mean 0.9751, cosine_min 0.9 | params 113,274,432 | "
         "latency 3.0 ms | squeeze 1.3 s"
     )
+
+
+def _width_data(**extra):
+    def row(method, keep, value, **more):
+        return {"key": f"width|{method}|{keep}", "method": method, "keep": keep, "drop": 0, "perplexity": value,
+                "parameters": 100e6 * keep, "latency_ms": 10.0, "squeeze_s": 1.0, "mean_output_error": 0.04,
+                **more}  # fmt: skip
+
+    dense = {"key": "dense", "method": "dense", "keep": 1.0, "drop": 0, "perplexity": 10.0,
+             "parameters": 130e6, "latency_ms": 12.0}  # fmt: skip
+    return {
+        "kind": "causal-lm",
+        "rows": [
+            dense,
+            row("squeeze", 0.9, 11.0, **extra),
+            row("squeeze", 0.75, 12.5, **extra),
+            row(
+                "wanda", 0.75, 13.0, **({"mean_held_back_error": None, "ridges": [1e-3] * 3} if extra else {})
+            ),
+        ],
+    }
+
+
+def test_width_tables_show_the_held_back_error_and_the_ridges_when_recorded():
+    from benchmarks.render import width_tables
+
+    text = width_tables(_width_data(mean_held_back_error=0.055, ridges=[0.01, 0.1, 0.01]))
+    assert "| squeeze | 0.0400 / 0.0550 | 0.0400 / 0.0550 | 0.01 x2, 0.1 x1 |" in text
+    assert "| wanda |  | 0.0400 / - |  |" in text  # no fold, no ridge chosen
+    assert "| **squeeze** (" in text and "| 12.50 |" in text
+
+
+def test_width_tables_of_a_file_from_before_the_held_back_error_still_render():
+    from benchmarks.render import width_tables
+
+    text = width_tables(_width_data())
+    assert "FFN output error" not in text
+    assert "12.50" in text and "13.00" in text

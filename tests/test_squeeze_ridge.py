@@ -120,3 +120,27 @@ def test_a_token_budget_is_shared_between_the_fit_and_the_held_back_batches():
     )
     assert report.report.num_tokens <= 100
     assert 0 < report.report.held_back_tokens <= 20
+
+
+@pytest.mark.parametrize(("method", "ridge"), [("wanda", "auto"), ("flap", "auto"), ("squeeze", 1e-2)])
+def test_held_back_statistics_that_choose_no_ridge_are_pooled(method, ridge):
+    # a benchmark passes one (fit, held back) split to every method: where nothing is chosen on the
+    # held-back part, the squeeze must equal the one on all the statistics together
+    model = build_tiny("llama")
+    anatomy = get_anatomy(model)
+    fit_batches, held_batches = hold_back_split(_batches("llama", rows=20))
+    every = list(range(anatomy.num_blocks))
+    fit = collect_ffn_stats(model, fit_batches, anatomy, every, progress=False)
+    held = collect_ffn_stats(model, held_batches, anatomy, every, progress=False)
+    apart = squeeze_model(
+        model, [], keep=0.5, method=method, ridge=ridge, stats=fit, held_back_stats=held, progress=False
+    )
+    pooled = squeeze_model(
+        model, [], keep=0.5, method=method, ridge=ridge, stats={b: fit[b] + held[b] for b in every},
+        progress=False,
+    )  # fmt: skip
+    assert apart.report.num_tokens == pooled.report.num_tokens == 20 * 16
+    assert apart.report.held_back_tokens == 0 and apart.report.ridge_note is None
+    assert [b.error for b in apart.report.blocks] == [b.error for b in pooled.report.blocks]
+    for a, b in zip(apart.model.state_dict().values(), pooled.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

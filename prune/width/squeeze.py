@@ -123,6 +123,8 @@ def squeeze_model(
             compare methods on the same data); then no calibration pass runs and `batches` is not read.
         held_back_stats: With `stats` and ``ridge="auto"``: the statistics of the held-back batches
             (`stats` being those of the others); without them a given `stats` uses the default ridge.
+            Where no ridge is chosen (a method without a least-squares fold, or a fixed ridge) they are
+            pooled with `stats`, so the result equals that of the pooled statistics.
 
         energy_levels: Report per block how many neurons keep these fractions of the activation energy
             (a pivoted Cholesky per block: about a second for d_ff 1536); () skips it.
@@ -215,7 +217,14 @@ def squeeze_model(
     cached: dict[int, tuple[Any, Any]] = {}
     if stats is not None:
         groups = [list(range(len(blocks)))]
-        cached = {b: (stats[b], held_back_stats[b] if validate else None) for b in stats}
+        # held-back statistics that choose no ridge (no least-squares fold, or a fixed ridge) are more
+        # tokens like any other: pooled, so the result is that of the whole calibration set
+        cached = {
+            b: (stats[b], held_back_stats[b])
+            if validate
+            else (stats[b] + held_back_stats[b] if held_back_stats else stats[b], None)
+            for b in stats
+        }
     passes = 0
     if count is None and cached:
         curves = {
