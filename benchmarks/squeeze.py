@@ -65,8 +65,7 @@ def main() -> None:
     from prune.evaluation import EvalSettings, evaluate_model
     from prune.loading import load_model
     from prune.width import squeeze_model
-    from prune.width.ridge import hold_back_split
-    from prune.width.stats import collect_ffn_stats
+    from prune.width.ridge import collect_split_stats
 
     loaded = load_model(args.model, device="cpu", dtype="float32", progress=False)
     model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
@@ -102,23 +101,20 @@ def main() -> None:
     start = time.perf_counter()
     # the statistics of the batches a fold is fitted on and of those held back to choose its ridge,
     # apart (as squeeze_model takes them); the fixed-ridge methods use both together
-    fit_batches, held_batches = hold_back_split(calib)
-    every = list(range(anatomy.num_blocks))
-    fit_stats = collect_ffn_stats(model, fit_batches, anatomy, every, progress=False)
-    held_stats = (
-        collect_ffn_stats(model, held_batches, anatomy, every, progress=False) if held_batches else {}
+    fit_stats, held_stats = collect_split_stats(
+        model, calib, anatomy, list(range(anatomy.num_blocks)), progress=False
     )
-    stats = {b: fit_stats[b] + held_stats[b] if held_stats else fit_stats[b] for b in every}
     collect_s = time.perf_counter() - start
     rows = [{"method": "(dense)", "keep": 1.0, **dense}]
     held_tokens = held_stats[0].num_tokens if held_stats else 0
+    calib_tokens = fit_stats[0].num_tokens + held_tokens
 
     def save() -> None:
         """Write the rows so far (--json-out), so that a stopped run keeps what it measured."""
         if args.json_out:
             report = {
                 "model": args.model,
-                "calib_tokens": stats[0].num_tokens,
+                "calib_tokens": calib_tokens,
                 "held_back_tokens": held_tokens,
                 "collect_s": collect_s,
                 "command": "python " + " ".join(sys.argv),
@@ -140,8 +136,9 @@ def main() -> None:
                 method=method,
                 ridge=ridge,
                 # seq: statistics block by block on the model already squeezed before it (one pass each)
-                stats=None if seq else (fit_stats if ridge == "auto" and held_stats else stats),
-                held_back_stats=None if seq or ridge != "auto" else held_stats or None,
+                # the held-back statistics choose the ridge, or are pooled where no ridge is chosen
+                stats=None if seq else fit_stats,
+                held_back_stats=None if seq else held_stats,
                 block_group=1 if "seq" in options else None,
                 energy_levels=(),
                 progress=False,
@@ -179,7 +176,7 @@ def main() -> None:
         rows += _depth_vs_width(args, model, calib, anatomy, measure)
         save()
     print(
-        f"\n{args.model}: FFN statistics of {anatomy.num_blocks} blocks over {stats[0].num_tokens} tokens in {collect_s:.0f} s"
+        f"\n{args.model}: FFN statistics of {anatomy.num_blocks} blocks over {calib_tokens} tokens in {collect_s:.0f} s"
     )
     print(_table(rows))
     del torch

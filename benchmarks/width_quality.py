@@ -2,7 +2,7 @@
 
 Per model: one load, one calibration pass for the FFN statistics of every block (shared by every
 method: `prune.width.squeeze_model(stats=...)`), those of every 5th batch kept apart
-(`prune.width.ridge.hold_back_split`, passed as ``held_back_stats``) so that each row uses the library's
+(`prune.width.ridge.collect_split_stats`, passed as ``held_back_stats``) so that each row uses the library's
 default ridge, chosen per block on the held-back batches; each row records that held-back output error
 next to the calibration one, and the ridges chosen. Per keep x method: squeeze a copy and evaluate it on
 held-out text disjoint from the calibration text (`prune.evaluation.evaluate_model`: perplexity for
@@ -78,8 +78,7 @@ def run(args, out: Path) -> None:
     from prune.budget.cost import ModelCosts
     from prune.evaluation import evaluate_model
     from prune.width import squeeze_model
-    from prune.width.ridge import hold_back_split
-    from prune.width.stats import collect_ffn_stats
+    from prune.width.ridge import collect_split_stats
 
     torch.manual_seed(args.seed)
     setup = load_protocol(
@@ -143,10 +142,9 @@ def run(args, out: Path) -> None:
                 # the batches a fold is fitted on and those held back to choose its ridge, summed apart
                 # (one forward pass each) as squeeze_model would split them itself
                 start = time.perf_counter()
-                fit_batches, held_batches = hold_back_split(calib)
-                every = list(range(anatomy.num_blocks))
-                stats = collect_ffn_stats(model, fit_batches, anatomy, every, progress=False)
-                held = collect_ffn_stats(model, held_batches, anatomy, every, progress=False) or None
+                stats, held = collect_split_stats(
+                    model, calib, anatomy, list(range(anatomy.num_blocks)), progress=False
+                )
                 results.save(ffn_stats_s=round(time.perf_counter() - start, 2))
             start = time.perf_counter()
             result = squeeze_model(

@@ -154,7 +154,7 @@ class CandidateBuilder:
         """The cut + repaired model of `drop` and its FFN statistics (cached for the last cut)."""
         from prune.repair import repair_from_options
         from prune.surgery import remove_blocks
-        from prune.width.stats import collect_ffn_stats, gram_bytes
+        from prune.width.stats import gram_bytes
 
         if self._cut is not None and self._cut[0] == drop:
             return self._cut[1], self._cut[2], self._cut[3]
@@ -187,26 +187,19 @@ class CandidateBuilder:
         kept = self.anatomy.num_blocks - len(drop)
         if size and kept * gram_bytes(size) <= CACHE_BYTES:
             from prune.anatomy import get_anatomy
-            from prune.width.ridge import hold_back_split, split_token_budget
+            from prune.width.ridge import collect_split_stats
 
             # with the ridge chosen on held-back batches, their statistics are kept apart (squeeze_model's
             # `held_back_stats`); the same tokens either way
-            auto = options.ffn_ridge == "auto"
-            parts = hold_back_split(self.fit) if auto else (self.fit, [])
-            budgets = split_token_budget(options.max_tokens) if auto else (options.max_tokens, None)
-            stats = tuple(
-                collect_ffn_stats(
-                    cut,
-                    batches,
-                    get_anatomy(cut, options.block_path),
-                    list(range(kept)),
-                    max_tokens=budget,
-                    skip_tokens=options.skip_tokens,
-                    progress=self.progress,
-                )
-                if batches
-                else None
-                for batches, budget in zip(parts, budgets, strict=True)
+            stats = collect_split_stats(
+                cut,
+                self.fit,
+                get_anatomy(cut, options.block_path),
+                list(range(kept)),
+                hold_back=options.ffn_ridge == "auto",
+                max_tokens=options.max_tokens,
+                skip_tokens=options.skip_tokens,
+                progress=self.progress,
             )
         self._cut = (drop, cut, repair, stats)
         return cut, repair, stats

@@ -72,6 +72,39 @@ def split_token_budget(max_tokens: int | None, every: int = HOLD_BACK_EVERY) -> 
     return max(1, max_tokens - held), held
 
 
+def collect_split_stats(
+    model: Any,
+    batches: Sequence[Any],
+    anatomy: Any,
+    blocks: Sequence[int],
+    *,
+    hold_back: bool = True,
+    max_tokens: int | None = None,
+    **collect: Any,
+) -> tuple[dict[int, Any], dict[int, Any] | None]:
+    """The FFN statistics of the fitted-on and the held-back batches (`hold_back_split`), summed apart.
+
+    Args:
+        model, batches, anatomy, blocks: As for `prune.width.stats.collect_ffn_stats`.
+        hold_back: Hold batches back; False sums every batch into the first part.
+        max_tokens: Token budget of both parts together (shared by `split_token_budget`).
+        **collect: ``skip_tokens``, ``accelerator``, ``progress`` of `collect_ffn_stats`.
+
+    Returns:
+        ``(fit, held_back)``: one `FfnStats` per block each; ``held_back`` is None when nothing was held
+        back (`hold_back` off, or fewer than two batches).
+    """
+    from prune.width.stats import collect_ffn_stats
+
+    fit_batches, held_batches = hold_back_split(batches) if hold_back else (list(batches), [])
+    if not held_batches:
+        return collect_ffn_stats(model, fit_batches, anatomy, blocks, max_tokens=max_tokens, **collect), None
+    fit_tokens, held_tokens = split_token_budget(max_tokens)
+    fit = collect_ffn_stats(model, fit_batches, anatomy, blocks, max_tokens=fit_tokens, **collect)
+    held = collect_ffn_stats(model, held_batches, anatomy, blocks, max_tokens=held_tokens, **collect)
+    return fit, held
+
+
 def choose_ridge(
     fit: BlockProblem,
     held_back: BlockProblem,
@@ -110,6 +143,7 @@ __all__ = [
     "RIDGE_GRID",
     "RidgeChoice",
     "choose_ridge",
+    "collect_split_stats",
     "hold_back_split",
     "split_token_budget",
 ]

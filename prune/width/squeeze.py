@@ -149,9 +149,9 @@ def squeeze_model(
     from prune.anatomy import get_anatomy
     from prune.width.compensate import apply_to_block, block_problem, interpolation, output_errors
     from prune.width.methods import FFN_METHODS
-    from prune.width.ridge import choose_ridge, hold_back_split, split_token_budget
+    from prune.width.ridge import choose_ridge, collect_split_stats, hold_back_split
     from prune.width.selection import SELECTORS, energy_curve, neurons_needed
-    from prune.width.stats import block_groups, collect_ffn_stats, gram_bytes
+    from prune.width.stats import block_groups, gram_bytes
 
     budget = parse_ffn_keep(keep)
     if ridge != "auto" and (isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0):
@@ -187,8 +187,7 @@ def squeeze_model(
     limit = max((*energy_levels, *((budget.energy,) if budget.energy is not None else ())), default=0.0)
     ridge_note = None
     validate = ridge == "auto" and chosen.compensation == "ls"
-    fit_batches, held_batches = hold_back_split(batches) if validate and stats is None else (batches, [])
-    if validate and stats is None and not held_batches:
+    if validate and stats is None and not hold_back_split(batches)[1]:
         validate, ridge_note = (
             False,
             "one calibration batch: nothing to hold back, so the ridge is the default",
@@ -199,16 +198,8 @@ def squeeze_model(
 
     def collect_group(group: list[int]) -> dict[int, tuple[Any, Any]]:
         """(fitted-on, held-back or None) statistics of the group's blocks, one pass over the batches."""
-        if not validate:
-            return {
-                b: (s, None) for b, s in collect_ffn_stats(target, batches, anatomy, group, **collect).items()
-            }
-        fit_tokens, held_tokens = split_token_budget(max_tokens)
-        fit = collect_ffn_stats(target, fit_batches, anatomy, group, **{**collect, "max_tokens": fit_tokens})
-        held = collect_ffn_stats(
-            target, held_batches, anatomy, group, **{**collect, "max_tokens": held_tokens}
-        )
-        return {b: (fit[b], held.get(b)) for b in group}
+        fit, held = collect_split_stats(target, batches, anatomy, group, hold_back=validate, **collect)
+        return {b: (fit[b], held[b] if held is not None else None) for b in group}
 
     def pooled(pair: tuple[Any, Any]) -> Any:
         return pair[0] if pair[1] is None else pair[0] + pair[1]
@@ -266,8 +257,9 @@ def squeeze_model(
                     selection_ridge=fixed_ridge,
                 )
             block_ridge = choice.ridge if choice is not None else fixed_ridge
-            problem = block_problem(parts, pooled(group_stats[b]))
-            num_tokens = pooled(group_stats[b]).num_tokens
+            every_token = pooled(group_stats[b])
+            problem = block_problem(parts, every_token)
+            num_tokens = every_token.num_tokens
             held_tokens = held_stats.num_tokens if held_stats is not None else 0
             if b not in curves and energy_levels:
                 curves[b] = energy_curve(problem.fit_moment(), limit=limit)
