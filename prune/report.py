@@ -297,14 +297,10 @@ def _ridge_text(squeeze: dict[str, Any]) -> str:
             f"ridge chosen per block on {squeeze['held_back_tokens']:,} of those tokens held back from a first "
             f"fit ({span})"
         )
+    if not chosen:
+        return "ridge auto"
     note = squeeze.get("ridge_note")
-    return (
-        f"ridge {chosen[0]:g} ({note})"
-        if note and chosen
-        else f"ridge {chosen[0]:g}"
-        if chosen
-        else "ridge auto"
-    )
+    return f"ridge {chosen[0]:g}" + (f" ({note})" if note else "")
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:

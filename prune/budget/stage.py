@@ -31,8 +31,9 @@ def budget(ctx: Any, *, build: bool = True) -> Any:
     from prune.stages.depth import collect
     from prune.vocab import SCORE_METRICS
 
-    if ctx.options.strategy != budget_strategy(ctx.options.strategy):  # auto: the plain span here
-        ctx.options = ctx.options.model_copy(update={"strategy": budget_strategy(ctx.options.strategy)})
+    strategy = budget_strategy(ctx.options.strategy)
+    if strategy != ctx.options.strategy:  # auto: the plain span here
+        ctx.options = ctx.options.model_copy(update={"strategy": strategy})
     options = ctx.options
     everything = ctx.calib_batches
     fit, _ = split_calibration(everything)

@@ -19,8 +19,8 @@ def repair(ctx: RunContext) -> RunContext:
     """
     from prune.repair import repair_from_options
 
-    guarded = _guard_reason(ctx) is None
-    plain = _plain_cut(ctx, share_weights=True) if guarded else None
+    reason = _guard_reason(ctx)
+    plain = _plain_cut(ctx, share_weights=True) if reason is None else None
     report = repair_from_options(
         ctx.original,
         ctx.pruned,
@@ -33,7 +33,7 @@ def repair(ctx: RunContext) -> RunContext:
     for span in report.spans:
         logger.info("repair of blocks %d-%d: %s", span.first, span.last, span.skipped or span.map)
     if report.applied:
-        _guard(ctx, report, plain)
+        _guard(ctx, report, plain, reason)
     ctx.repair = report
     return ctx
 
@@ -61,11 +61,12 @@ def _plain_cut(ctx: RunContext, *, share_weights: bool):
     return remove_blocks(ctx.original, ctx.plan.drop, anatomy=ctx.anatomy, share_weights=share_weights)
 
 
-def _guard(ctx: RunContext, report, plain) -> None:
-    """Compare the repaired ``ctx.pruned`` with `plain` on held-back data; keep the better (in `report`)."""
+def _guard(ctx: RunContext, report, plain, reason: str | None) -> None:
+    """Compare the repaired ``ctx.pruned`` with `plain` on held-back data; keep the better (in `report`).
+
+    `reason` is `_guard_reason`'s: why the run is not guarded (None: it is)."""
     from prune.repair.guard import guard_repair
 
-    reason = _guard_reason(ctx)
     if reason is not None:
         if reason != "off":
             report.warnings.append(f"the repair was not checked against the plain cut: {reason}")
