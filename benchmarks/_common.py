@@ -107,6 +107,23 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def add_protocol_flags(parser: Any, quick: dict[str, int]) -> None:
+    """The protocol flags of the grid benchmarks: ``--quick`` (the `quick` sizes), ``--calib-samples`` and
+    ``--eval-samples`` (None until `fill_protocol_sizes`), ``--seq-len`` and ``--batch-size``."""
+    parser.add_argument("--quick", action="store_true", help=f"small calibration and evaluation: {quick}")
+    parser.add_argument("--calib-samples", type=int, default=None)
+    parser.add_argument("--eval-samples", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def fill_protocol_sizes(args: Any, quick: dict[str, int], full: dict[str, int]) -> None:
+    """Give every size flag left unset (None) its `quick` or `full` value, as ``--quick`` says."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def protocol_data(tokenizer: Any, kind: str, *, calib_samples: int, seq_len: int, batch_size: int, seed: int):
     """Calibration batches and held-out texts of the default corpus, checked disjoint.
 

@@ -39,24 +39,20 @@ def _config(text: str) -> tuple[str, dict]:
 
 
 def main() -> None:
+    from benchmarks._common import add_protocol_flags, fill_protocol_sizes
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model")
     parser.add_argument("--drops", required=True, help="blocks to remove, comma-separated (e.g. 3,6,9)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--quick", action="store_true", help=f"small calibration and evaluation: {QUICK}")
-    parser.add_argument("--calib-samples", type=int, default=None)
-    parser.add_argument("--eval-samples", type=int, default=None)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_protocol_flags(parser, QUICK)
     parser.add_argument(
         "--json", help="write the rows here (default benchmarks/results/default_cut_MODEL.json)"
     )
     args = parser.parse_args()
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_protocol_sizes(args, QUICK, FULL)
     run(args)
 
 

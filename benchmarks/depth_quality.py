@@ -56,6 +56,8 @@ FULL = {"calib_samples": 64, "eval_samples": 32, "search_batches": 4}
 
 
 def main() -> None:
+    from benchmarks._common import add_protocol_flags, fill_protocol_sizes
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -75,12 +77,8 @@ def main() -> None:
         default="topk,cka",
         help="methods whose multi-span cuts are also repaired (linear) with repair_order one-pass",
     )
-    parser.add_argument("--quick", action="store_true", help=f"small calibration and evaluation: {QUICK}")
-    parser.add_argument("--calib-samples", type=int, default=None)
-    parser.add_argument("--eval-samples", type=int, default=None)
+    add_protocol_flags(parser, QUICK)
     parser.add_argument("--search-batches", type=int, default=None, help="iterative: batches per candidate")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/depth_MODEL[_quick].json)"
@@ -88,10 +86,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     parser.add_argument("--plot-only", action="store_true", help="draw the PNG from --out and stop")
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
-    for key, value in sizes.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_protocol_sizes(args, QUICK, FULL)
     out = Path(args.out or f"benchmarks/results/depth_{args.model}{'_quick' if args.quick else ''}.json")
     if args.merge:
         _merge(out, args.merge)

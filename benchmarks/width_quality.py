@@ -37,6 +37,8 @@ FULL = {"calib_samples": 64, "eval_samples": 32}
 
 
 def main() -> None:
+    from benchmarks._common import add_protocol_flags, fill_protocol_sizes
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -45,11 +47,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--pareto", default="0.75", help="keeps whose parameter count depth/width/both match")
     parser.add_argument("--pareto-method", default="squeeze", help="the width method of the depth+width rows")
-    parser.add_argument("--quick", action="store_true", help=f"small calibration and evaluation: {QUICK}")
-    parser.add_argument("--calib-samples", type=int, default=None)
-    parser.add_argument("--eval-samples", type=int, default=None)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_protocol_flags(parser, QUICK)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/width_MODEL[_quick].json)"
@@ -57,9 +55,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     parser.add_argument("--plot-only", action="store_true", help="draw the PNG from --out and stop")
     args = parser.parse_args()
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_protocol_sizes(args, QUICK, FULL)
     out = Path(args.out or f"benchmarks/results/width_{args.model}{'_quick' if args.quick else ''}.json")
     if args.plot_only:
         import json
