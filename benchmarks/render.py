@@ -66,6 +66,7 @@ def render(name: str) -> str:
         "stage_costs": stage_tables,
         "peers": peer_tables,
         "scale": scale_tables,
+        "width_latency": width_latency_tables,
     }
     body = renderers.get(data.get("benchmark"))
     if body is None:
@@ -83,7 +84,7 @@ def header(data: dict) -> str:
         dict.fromkeys([*(data.get("commands") or [data["command"]]), *data.get("merged_commands", [])])
     )
     threads = f"{m['torch_threads']} torch thread(s), OMP_NUM_THREADS={m.get('omp_num_threads')}"
-    sizes = (
+    sizes = p.get("summary") or (  # a timing benchmark says its own sizes
         f"{p.get('calib_samples')} calibration windows ({p.get('calib_tokens')} tokens), {p.get('eval_samples')} "
         f"held-out windows of {p.get('seq_len')} tokens, disjoint texts"
     )
@@ -295,8 +296,9 @@ def width_tables(data: dict) -> str:
     lines += [
         "",
         "Parameters and latency (ms per batch, median of 5). The latencies were taken on the shared CPU, "
-        "in the runs listed above, under loads that changed between them: compare them only within one "
-        "run, not across keeps or with the dense row; the parameter counts are exact:",
+        "inside the long runs listed above, under loads that changed between them: compare them only within "
+        "one run, not across keeps or with the dense row (the same shapes timed interleaved, so that they "
+        "compare, are in the width-latency table, `width_latency.py`); the parameter counts are exact:",
         "",
         "| keep | params | latency ms (squeeze) | latency ms (dense) |",
         "|---:|---:|---:|---:|",
@@ -427,6 +429,12 @@ def peer_tables(data: dict) -> str:
             f"{round(r['max_rss_mib']) if r.get('max_rss_mib') else '-'} | {_fmt(r.get(key), kind)} | {note} |"
         )
     return "\n".join(lines)
+
+
+def width_latency_tables(data: dict) -> str:
+    from benchmarks.width_latency import table
+
+    return table(data)
 
 
 def scale_tables(data: dict) -> str:
