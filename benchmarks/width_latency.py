@@ -30,7 +30,10 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DENSE = "dense"
 
@@ -118,17 +121,22 @@ def build(model: Any, shape: Shape, keys: tuple[str, str]) -> Any:
 
 
 def time_interleaved(
-    models: dict[str, Any], batch: dict[str, Any], *, rounds: int, warmup: int, progress: bool = False
+    models: dict[str, Any],
+    batch: dict[str, Any],
+    *,
+    rounds: int,
+    warmup: int,
+    on_round: Callable[[dict[str, list[float]], list[float]], None] | None = None,
 ) -> tuple[dict[str, list[float]], list[float]]:
     """Seconds of one forward pass per model per timed round (round-robin, order rotated each round), and
-    the 1-minute load average at the start of each round; with `progress`, one line per round."""
+    the 1-minute load average at the start of each round; `on_round` is called after each timed round."""
     import torch
 
     from prune.forward import forward_accepts
 
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
-    loads = []
+    loads: list[float] = []
     with torch.no_grad():
         for r in range(warmup + rounds):
             if r >= warmup:
@@ -140,9 +148,8 @@ def time_interleaved(
                 model(**batch, **cached)
                 if r >= warmup:
                     times[name].append(time.perf_counter() - start)
-            if progress:
-                said = "warm-up" if r < warmup else f"round {r - warmup + 1}/{rounds}, load {loads[-1]:.2f}"
-                print(said, *(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in names if r >= warmup), flush=True)
+            if r >= warmup and on_round is not None:
+                on_round(times, loads)
     return times, loads
 
 
@@ -194,21 +201,36 @@ def main() -> None:
     if args.rounds < 1 or args.warmup < 0:
         raise SystemExit("--rounds must be >= 1 and --warmup >= 0")
     out = Path(args.out or f"benchmarks/results/width_latency_{Path(args.model).name}.json")
-    data = run(args)
     from benchmarks._common import Results
 
-    results = Results(out, {k: v for k, v in data.items() if k != "rows"})
+    kept: dict[str, Results] = {}
+
+    def save(data: dict[str, Any]) -> None:
+        """Write the rounds so far, so a run that is stopped keeps what it timed."""
+        if "file" not in kept:
+            kept["file"] = Results(out, {k: v for k, v in data.items() if k != "rows"})
+        kept["file"].data.update(data)
+        kept["file"].save(load_after=os.getloadavg()[0])
+        loads = data["load_per_round"]
+        print(f"round {len(loads)}/{args.rounds} (load {loads[-1]:.2f}):",
+              ", ".join(f"{r['name']} {r['times_ms'][-1]:.0f} ms" for r in data["rows"]), flush=True)  # fmt: skip
+
+    data = run(args, on_round=save)
     for row in data["rows"]:
-        results.add(row["name"], row)
         print(row_line(row))
-    results.save(load_after=os.getloadavg()[0])
     print(
-        f"load average (1 min) {data['load_before']:.2f} before, {results.data['load_after']:.2f} after; wrote {out}"
+        f"load average (1 min) {data['load_before']:.2f} before, {kept['file'].data['load_after']:.2f} after; wrote {out}"
     )
 
 
-def run(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
-    """Build the shapes of `args` from `model` (loaded from ``args.model`` when None) and time them."""
+def run(
+    args: argparse.Namespace, model: Any = None, on_round: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Build the shapes of `args` from `model` (loaded from ``args.model`` when None) and time them.
+
+    Returns:
+        The result: header fields and one row per shape; `on_round` gets it after every timed round.
+    """
     import torch
 
     from prune.sizes import parameter_count
@@ -231,14 +253,7 @@ def run(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
         vocab // 2, vocab, (args.batch_size, args.seq_len), generator=torch.Generator().manual_seed(0)
     )
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    times, loads = time_interleaved(models, batch, rounds=args.rounds, warmup=args.warmup, progress=True)
-    summary = summarize(times, batch_size=args.batch_size, seq_len=args.seq_len)
-    rows = [
-        {"name": name, "layers": described[name].layers, "intermediate_size": described[name].ffn,
-         "parameters": parameter_count(m), **summary[name]}
-        for name, m in models.items()
-    ]  # fmt: skip
-    return {
+    header = {
         "benchmark": "width_latency",
         "model": args.model,
         "model_class": type(model).__name__,
@@ -261,9 +276,23 @@ def run(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
             "nice": os.nice(0),
         },
         "load_before": load_before,
-        "load_per_round": loads,
-        "rows": rows,
     }
+    params = {name: parameter_count(m) for name, m in models.items()}
+
+    def result(times: dict[str, list[float]], loads: list[float]) -> dict[str, Any]:
+        summary = summarize(times, batch_size=args.batch_size, seq_len=args.seq_len)
+        rows = [
+            {"key": name, "name": name, "layers": described[name].layers,
+             "intermediate_size": described[name].ffn, "parameters": params[name], **summary[name]}
+            for name in models
+        ]  # fmt: skip
+        return {**header, "rounds_done": len(loads), "load_per_round": list(loads), "rows": rows}
+
+    def report(times: dict[str, list[float]], loads: list[float]) -> None:
+        if on_round is not None:
+            on_round(result(times, loads))
+
+    return result(*time_interleaved(models, batch, rounds=args.rounds, warmup=args.warmup, on_round=report))
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -280,7 +309,7 @@ def table(data: dict[str, Any]) -> str:
     p, env = data["protocol"], data.get("environment", {})
     loads = data.get("load_per_round") or [float("nan")]
     lines = [
-        f"{p['rounds']} rounds after {p['warmup_rounds']} warm-up, each one forward pass of every shape on the same "
+        f"{data.get('rounds_done', p['rounds'])} rounds after {p['warmup_rounds']} warm-up, each one forward pass of every shape on the same "
         f"{p['batch_size']} x {p['seq_len']} batch ({p['order']}); {p['weights']}. OMP_NUM_THREADS="
         f"{env.get('omp_num_threads')}, MKL_NUM_THREADS={env.get('mkl_num_threads')}, {env.get('torch_threads')} "
         f"torch thread(s), nice {env.get('nice')}. Load average (1 min) {data['load_before']:.2f} before, "

@@ -44,7 +44,9 @@ def test_interleaved_run_builds_the_shapes_and_times_each_once_per_round(family)
     model = build_tiny(family)
     args = argparse.Namespace(model=family, keeps="0.5", depth="4", shape=["layers=5,ffn=40"], pretrained_dense=True,
                               rounds=2, warmup=1, batch_size=2, seq_len=8)  # fmt: skip
-    data = run(args, model)
+    seen = []
+    data = run(args, model, on_round=seen.append)
+    assert [d["rounds_done"] for d in seen] == [1, 2] and seen[-1]["rows"] == data["rows"]
     rows = {r["name"]: r for r in data["rows"]}
     assert list(rows) == ["dense", "keep 0.5", "4 layers", "5 layers, ffn 40", "dense (pretrained weights)"]
     assert all(len(r["times_ms"]) == 2 for r in rows.values())
