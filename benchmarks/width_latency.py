@@ -14,7 +14,10 @@ each one forward pass per shape (no gradient, no KV cache), the order rotated by
 that no shape always runs first. Per shape: the median time (`prune.evaluation.speed.latency_from_passes`)
 and the median of its per-round ratios to the dense pass of the same round: a change of machine load
 between rounds scales both, so the ratio keeps most of its meaning on a shared machine where the
-milliseconds do not. The 1-minute load average is recorded before, at each round and after.
+milliseconds do not. Each pass's CPU time (`time.process_time`) is summarised the same way: it leaves out
+the time the process waited for a core, so it is the cleaner figure when the load average is above the
+core count (it still includes what sharing caches and memory bandwidth costs). The 1-minute load average
+is recorded before, at each round and after.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python benchmarks/width_latency.py smollm2-135m \\
         --depth 24 --shape layers=27,ffn=1336 --rounds 9
@@ -120,37 +123,49 @@ def build(model: Any, shape: Shape, keys: tuple[str, str]) -> Any:
     return built.eval()
 
 
+@dataclass
+class Timings:
+    """Per model, the seconds of its pass in each timed round: wall clock and the process's CPU time
+    (which leaves out the time the process waited for a core: the cleaner figure on a loaded machine);
+    and the 1-minute load average at the start of each round."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    loads: list[float]
+
+
 def time_interleaved(
     models: dict[str, Any],
     batch: dict[str, Any],
     *,
     rounds: int,
     warmup: int,
-    on_round: Callable[[dict[str, list[float]], list[float]], None] | None = None,
-) -> tuple[dict[str, list[float]], list[float]]:
-    """Seconds of one forward pass per model per timed round (round-robin, order rotated each round), and
-    the 1-minute load average at the start of each round; `on_round` is called after each timed round."""
+    on_round: Callable[[Timings], None] | None = None,
+) -> Timings:
+    """Wall and CPU seconds of one forward pass per model per timed round (round-robin, order rotated each
+    round), and the 1-minute load average at the start of each round; `on_round` gets them after each
+    timed round."""
     import torch
 
     from prune.forward import forward_accepts
 
     names = list(models)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    loads: list[float] = []
+    timings = Timings({name: [] for name in names}, {name: [] for name in names}, [])
     with torch.no_grad():
         for r in range(warmup + rounds):
             if r >= warmup:
-                loads.append(os.getloadavg()[0])
+                timings.loads.append(os.getloadavg()[0])
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 model = models[name]
                 cached = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 model(**batch, **cached)
                 if r >= warmup:
-                    times[name].append(time.perf_counter() - start)
+                    timings.wall[name].append(time.perf_counter() - start)
+                    timings.cpu[name].append(time.process_time() - start_cpu)
             if r >= warmup and on_round is not None:
-                on_round(times, loads)
-    return times, loads
+                on_round(timings)
+    return timings
 
 
 def summarize(times: dict[str, list[float]], *, batch_size: int, seq_len: int) -> dict[str, dict[str, Any]]:
@@ -212,8 +227,9 @@ def main() -> None:
         kept["file"].data.update(data)
         kept["file"].save(load_after=os.getloadavg()[0])
         loads = data["load_per_round"]
-        print(f"round {len(loads)}/{args.rounds} (load {loads[-1]:.2f}):",
-              ", ".join(f"{r['name']} {r['times_ms'][-1]:.0f} ms" for r in data["rows"]), flush=True)  # fmt: skip
+        print(f"round {len(loads)}/{args.rounds} (load {loads[-1]:.2f}):", ", ".join(
+            f"{r['name']} {r['times_ms'][-1]:.0f} ms (CPU {r['cpu_times_ms'][-1]:.0f})" for r in data["rows"]),
+            flush=True)  # fmt: skip
 
     data = run(args, on_round=save)
     for row in data["rows"]:
@@ -279,20 +295,27 @@ def run(
     }
     params = {name: parameter_count(m) for name, m in models.items()}
 
-    def result(times: dict[str, list[float]], loads: list[float]) -> dict[str, Any]:
-        summary = summarize(times, batch_size=args.batch_size, seq_len=args.seq_len)
+    def result(timings: Timings) -> dict[str, Any]:
+        wall = summarize(timings.wall, batch_size=args.batch_size, seq_len=args.seq_len)
+        cpu = summarize(timings.cpu, batch_size=args.batch_size, seq_len=args.seq_len)
         rows = [
             {"key": name, "name": name, "layers": described[name].layers,
-             "intermediate_size": described[name].ffn, "parameters": params[name], **summary[name]}
+             "intermediate_size": described[name].ffn, "parameters": params[name], **wall[name],
+             **{f"cpu_{k}": cpu[name][k] for k in ("latency_ms", "ratio_to_dense", "ratio_iqr", "times_ms")}}
             for name in models
         ]  # fmt: skip
-        return {**header, "rounds_done": len(loads), "load_per_round": list(loads), "rows": rows}
+        return {
+            **header,
+            "rounds_done": len(timings.loads),
+            "load_per_round": list(timings.loads),
+            "rows": rows,
+        }
 
-    def report(times: dict[str, list[float]], loads: list[float]) -> None:
+    def report(timings: Timings) -> None:
         if on_round is not None:
-            on_round(result(times, loads))
+            on_round(result(timings))
 
-    return result(*time_interleaved(models, batch, rounds=args.rounds, warmup=args.warmup, on_round=report))
+    return result(time_interleaved(models, batch, rounds=args.rounds, warmup=args.warmup, on_round=report))
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -300,7 +323,8 @@ def row_line(row: dict[str, Any]) -> str:
     return (
         f"{row['name']}: {row['layers']} layers, ffn {row['intermediate_size']}, {row['parameters']:,} params | "
         f"{row['latency_ms']:.1f} ms ({row['min_ms']:.1f}-{row['max_ms']:.1f}) | x{row['ratio_to_dense']:.3f} "
-        f"of dense | {row['tokens_per_s']:.0f} tokens/s"
+        f"of dense | {row['tokens_per_s']:.0f} tokens/s | CPU {row['cpu_latency_ms']:.1f} ms, "
+        f"x{row['cpu_ratio_to_dense']:.3f}"
     )
 
 
@@ -314,17 +338,21 @@ def table(data: dict[str, Any]) -> str:
         f"{env.get('omp_num_threads')}, MKL_NUM_THREADS={env.get('mkl_num_threads')}, {env.get('torch_threads')} "
         f"torch thread(s), nice {env.get('nice')}. Load average (1 min) {data['load_before']:.2f} before, "
         f"{min(loads):.2f}-{max(loads):.2f} during, {data.get('load_after', float('nan')):.2f} after. Ratio: the "
-        "median of the per-round ratios to the dense pass of the same round (quartiles in brackets).",
+        "median of the per-round ratios to the dense pass of the same round (quartiles in brackets). Wall: "
+        "what a user waits; CPU: the process's CPU time for the same passes, which leaves out the time it "
+        "waited for a core (the cleaner figure when the load average is above the core count).",
         "",
-        "| shape | layers | FFN | params | median ms | min-max ms | ratio to dense | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | layers | FFN | params | wall median ms | wall min-max ms | wall ratio to dense | tokens/s "
+        "| CPU median ms | CPU ratio to dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["rows"]:
         low, high = r["ratio_iqr"]
         lines.append(
             f"| {r['name']} | {r['layers']} | {r['intermediate_size']} | {r['parameters'] / 1e6:.2f}M | "
             f"{_ms(r['latency_ms'])} | {_ms(r['min_ms'])}-{_ms(r['max_ms'])} | {r['ratio_to_dense']:.3f} "
-            f"[{low:.3f}, {high:.3f}] | {r['tokens_per_s']:.0f} |"
+            f"[{low:.3f}, {high:.3f}] | {r['tokens_per_s']:.0f} | {_ms(r['cpu_latency_ms'])} | "
+            f"{r['cpu_ratio_to_dense']:.3f} [{r['cpu_ratio_iqr'][0]:.3f}, {r['cpu_ratio_iqr'][1]:.3f}] |"
         )
     return "\n".join(lines)
 

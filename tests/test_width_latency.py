@@ -50,7 +50,8 @@ def test_interleaved_run_builds_the_shapes_and_times_each_once_per_round(family)
     rows = {r["name"]: r for r in data["rows"]}
     assert list(rows) == ["dense", "keep 0.5", "4 layers", "5 layers, ffn 40", "dense (pretrained weights)"]
     assert all(len(r["times_ms"]) == 2 for r in rows.values())
-    assert rows["dense"]["ratio_to_dense"] == 1.0
+    assert rows["dense"]["ratio_to_dense"] == rows["dense"]["cpu_ratio_to_dense"] == 1.0
+    assert all(len(r["cpu_times_ms"]) == 2 and r["cpu_latency_ms"] > 0 for r in rows.values())
     assert rows["dense"]["parameters"] == rows["dense (pretrained weights)"]["parameters"]
     assert rows["keep 0.5"]["parameters"] < rows["dense"]["parameters"]
     assert len(data["load_per_round"]) == 2
