@@ -340,7 +340,7 @@ def table(data: dict[str, Any]) -> str:
         f"{min(loads):.2f}-{max(loads):.2f} during, {data.get('load_after', float('nan')):.2f} after. Ratio: the "
         "median of the per-round ratios to the dense pass of the same round (quartiles in brackets). Wall: "
         "what a user waits; CPU: the process's CPU time for the same passes, which leaves out the time it "
-        "waited for a core (the cleaner figure when the load average is above the core count).",
+        "waited for a core (not what sharing caches and memory bandwidth with other processes costs).",
         "",
         "| shape | layers | FFN | params | wall median ms | wall min-max ms | wall ratio to dense | tokens/s "
         "| CPU median ms | CPU ratio to dense |",
