@@ -15,13 +15,14 @@ that no shape always runs first. Per shape: the median time (`prune.evaluation.s
 and the median of its per-round ratios to the dense pass of the same round: a change of machine load
 between rounds scales both, so the ratio keeps most of its meaning on a shared machine where the
 milliseconds do not. Each pass's CPU time (`time.process_time`) is summarised the same way: it leaves out
-the time the process waited for a core, so it is the cleaner figure when the load average is above the
-core count (it still includes what sharing caches and memory bandwidth costs). The 1-minute load average
-is recorded before, at each round and after.
+the time the process waited for a core, not what sharing caches, memory bandwidth and a hyperthread's
+sibling with other processes costs (on the 2-core machine of the README its per-round ratios spread
+about as much as the wall ones). The 1-minute load average is recorded before, at each round and after.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python benchmarks/width_latency.py smollm2-135m \\
         --depth 24 --shape layers=27,ffn=1336 --rounds 9
-    PYTHONPATH=. OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/width_latency.py minilm-l6 --depth 5
+    PYTHONPATH=. OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python benchmarks/width_latency.py minilm-l6 \\
+        --depth 5,4 --shape layers=5,ffn=1260 --pretrained-dense --rounds 21
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def build(model: Any, shape: Shape, keys: tuple[str, str]) -> Any:
 @dataclass
 class Timings:
     """Per model, the seconds of its pass in each timed round: wall clock and the process's CPU time
-    (which leaves out the time the process waited for a core: the cleaner figure on a loaded machine);
+    (which leaves out the time the process waited for a core, not the sharing of caches and bandwidth);
     and the 1-minute load average at the start of each round."""
 
     wall: dict[str, list[float]]
