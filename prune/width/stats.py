@@ -68,7 +68,12 @@ def gram_bytes(d_ff: int) -> int:
 
 
 def block_groups(
-    num_blocks: int, d_ff: int, group: int | None, *, max_bytes: int = DEFAULT_MAX_BYTES
+    num_blocks: int,
+    d_ff: int,
+    group: int | None,
+    *,
+    max_bytes: int | None = None,
+    grams_per_block: int = 1,
 ) -> list[list[int]]:
     """Split the blocks into the groups collected in one pass each.
 
@@ -76,10 +81,14 @@ def block_groups(
         num_blocks: Number of blocks.
         d_ff: Their intermediate size.
         group: Blocks per pass; None: as many as keep the Grams under `max_bytes` (at least one).
-        max_bytes: Memory bound of the Grams held at once when `group` is None.
+        max_bytes: Memory bound of the Grams held at once when `group` is None (default
+            `DEFAULT_MAX_BYTES`).
+        grams_per_block: Grams each block holds (2 with the auto ridge: the fitted-on and the held-back
+            sums, `prune.width.ridge.collect_split_stats`).
     """
     if group is None:
-        group = max(1, int(max_bytes // max(gram_bytes(d_ff), 1)))
+        bound = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        group = max(1, int(bound // max(grams_per_block * gram_bytes(d_ff), 1)))
     group = max(1, min(group, num_blocks))
     return [list(range(start, min(start + group, num_blocks))) for start in range(0, num_blocks, group)]
 
