@@ -201,9 +201,10 @@ def table(data: dict) -> str:
         "| model | blocks | d_ff | grams / block | blocks per pass | passes | Gram MiB held |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    cases = {1: " (analyze, a fixed --ffn-ridge)", 2: " (the auto ridge, the default)"}
     lines += [
-        f"| {p['model']} | {p['blocks']} | {p['d_ff']} | {p['grams_per_block']} | {p['group']} | {p['passes']} | "
-        f"{p['gram_mib_held']:.0f} |"
+        f"| {p['model']} | {p['blocks']} | {p['d_ff']} | {p['grams_per_block']}{cases.get(p['grams_per_block'], '')} | "
+        f"{p['group']} | {p['passes']} | {p['gram_mib_held']:.0f} |"
         for p in data["projection"]
     ]
     return "\n".join(lines)

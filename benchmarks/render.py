@@ -66,6 +66,7 @@ def render(name: str) -> str:
         "stage_costs": stage_tables,
         "peers": peer_tables,
         "scale": scale_tables,
+        "ffn_memory": ffn_memory_tables,
     }
     body = renderers.get(data.get("benchmark"))
     if body is None:
@@ -86,6 +87,8 @@ def header(data: dict) -> str:
     sizes = (
         f"{p.get('calib_samples')} calibration windows ({p.get('calib_tokens')} tokens), {p.get('eval_samples')} "
         f"held-out windows of {p.get('seq_len')} tokens, disjoint texts"
+        if p
+        else "sizes with the table"
     )
     return (
         f"*Rendered from `benchmarks/results/{Path(data.get('_name', '')).name or '?'}`: measured {data['date']} on "
@@ -431,6 +434,12 @@ def peer_tables(data: dict) -> str:
 
 def scale_tables(data: dict) -> str:
     from benchmarks.scale import table
+
+    return table(data)
+
+
+def ffn_memory_tables(data: dict) -> str:
+    from benchmarks.ffn_memory import table
 
     return table(data)
 

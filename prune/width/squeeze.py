@@ -113,8 +113,11 @@ def squeeze_model(
             on every 5th calibration batch, held back from a first fit, and the fold is then fitted on all
             the batches with it (`prune.width.ridge`; no extra forward pass). Methods without a
             least-squares fold, or a single calibration batch, use the default 1e-3.
-        block_group: Blocks per calibration pass (None: as many as fit 2 GiB of float64 Grams). Each
-            pass runs on the model as it is then, so later groups see the earlier ones squeezed.
+        block_group: Blocks per calibration pass (None: as many as fit 2 GiB of float64 Grams, two per
+            block with the auto ridge: `prune.width.stats.block_groups`); one group's statistics are held
+            at a time. Each pass runs on the model as it is then, so later groups see the earlier ones
+            squeezed. ``keep="auto:E"`` collects every group twice (the energy curves of all blocks come
+            first), unless all blocks fit one group.
         max_tokens, skip_tokens: Token budget and leading tokens left out, as in `collect_stats`.
         accelerator: Optional ``accelerate.Accelerator``.
         inplace: Squeeze `model` itself; by default a deep copy is squeezed and `model` is untouched.

@@ -8,8 +8,14 @@ the compensation are computed from these two sums.
 
 Memory: a Gram costs ``d_ff^2 * 8`` bytes (SmolLM2-135M, d_ff 1536: 18.9 MB; MiniLM-L6, 1536: the same;
 Llama-2-7B, 11008: 969 MB), plus a float32 batch product of half that while it is added. Blocks are
-collected in groups, one calibration pass per group, so that at most `max_bytes` of Grams are held
-(default 2 GiB: all 30 blocks of SmolLM2 in one pass, two blocks of a 7B model per pass).
+collected in groups, one calibration pass per group, and only one group's statistics are alive at a
+time, so a group of G blocks holds G Grams, or 2 G with the squeeze's auto ridge (the default: the
+fitted-on and the held-back batches are summed apart, `prune.width.ridge.collect_split_stats`). The
+default group (`block_groups`) is as many blocks as keep those Grams under `DEFAULT_MAX_BYTES` = 2 GiB:
+all 30 blocks of SmolLM2 in one pass (1.1 GB with the auto ridge); for a 7B model two blocks per pass
+with one Gram each (`prune-llm analyze`, a fixed ridge), one with the auto ridge. On top of the Grams
+come one batch's forward activations and, while a block is folded, a few d_ff x d_ff float64 moments of
+that block (measured: benchmarks/README.md, "FFN statistics memory against the block group").
 
 Example:
     >>> groups = block_groups(num_blocks=6, d_ff=64, group=None)
