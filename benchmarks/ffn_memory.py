@@ -187,7 +187,10 @@ def table(data: dict) -> str:
         "peak MiB above the process | wall s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in data["rows"]:
+    order = {"analyze": 0, "squeeze": 1}
+    for r in sorted(
+        data["rows"], key=lambda r: (order.get(r["stage"], 2), r["keep"], r["group"], r.get("label", ""))
+    ):
         lines.append(
             f"| {r.get('label') or '-'} | {r['stage']} | {r['keep']} | {r['group']} | {r['passes']} | "
             f"{r['grams_per_block']} | {r['gram_mib_per_group']:.0f} | "

@@ -13,9 +13,11 @@ time, so a group of G blocks holds G Grams, or 2 G with the squeeze's auto ridge
 fitted-on and the held-back batches are summed apart, `prune.width.ridge.collect_split_stats`). The
 default group (`block_groups`) is as many blocks as keep those Grams under `DEFAULT_MAX_BYTES` = 2 GiB:
 all 30 blocks of SmolLM2 in one pass (1.1 GB with the auto ridge); for a 7B model two blocks per pass
-with one Gram each (`prune-llm analyze`, a fixed ridge), one with the auto ridge. On top of the Grams
-come one batch's forward activations and, while a block is folded, a few d_ff x d_ff float64 moments of
-that block (measured: benchmarks/README.md, "FFN statistics memory against the block group").
+with one Gram each (`prune-llm analyze`, a fixed ridge), one with the auto ridge. The bound is on the
+statistics only: on top come one batch's forward activations and, while a block is selected and folded,
+about ten of its Grams' worth of moments, factors and float64 weight copies, freed block by block
+(measured ~170 MiB for d_ff 1536; about 9 GB at 11008: benchmarks/README.md, "FFN statistics memory
+against the block group").
 
 Example:
     >>> groups = block_groups(num_blocks=6, d_ff=64, group=None)
