@@ -15,9 +15,9 @@ default group (`block_groups`) is as many blocks as keep those Grams under `DEFA
 all 30 blocks of SmolLM2 in one pass (1.1 GB with the auto ridge); for a 7B model two blocks per pass
 with one Gram each (`prune-llm analyze`, a fixed ridge), one with the auto ridge. The bound is on the
 statistics only: on top come one batch's forward activations and, while a block is selected and folded,
-about ten of its Grams' worth of moments, factors and float64 weight copies, freed block by block
-(measured ~170 MiB for d_ff 1536; about 9 GB at 11008: benchmarks/README.md, "FFN statistics memory
-against the block group").
+a few of its Grams' worth of moments, factors and float64 weight copies, freed block by block; glibc's
+heap may keep freed Grams resident (measured: benchmarks/README.md, "FFN statistics memory against the
+block group").
 
 Example:
     >>> groups = block_groups(num_blocks=6, d_ff=64, group=None)
