@@ -67,6 +67,7 @@ def render(name: str) -> str:
         "peers": peer_tables,
         "scale": scale_tables,
         "width_latency": width_latency_tables,
+        "ffn_memory": ffn_memory_tables,
     }
     body = renderers.get(data.get("benchmark"))
     if body is None:
@@ -87,6 +88,8 @@ def header(data: dict) -> str:
     sizes = p.get("summary") or (  # a timing benchmark says its own sizes
         f"{p.get('calib_samples')} calibration windows ({p.get('calib_tokens')} tokens), {p.get('eval_samples')} "
         f"held-out windows of {p.get('seq_len')} tokens, disjoint texts"
+        if p
+        else "sizes with the table"
     )
     return (
         f"*Rendered from `benchmarks/results/{Path(data.get('_name', '')).name or '?'}`: measured {data['date']} on "
@@ -439,6 +442,12 @@ def width_latency_tables(data: dict) -> str:
 
 def scale_tables(data: dict) -> str:
     from benchmarks.scale import table
+
+    return table(data)
+
+
+def ffn_memory_tables(data: dict) -> str:
+    from benchmarks.ffn_memory import table
 
     return table(data)
 

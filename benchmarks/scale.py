@@ -7,10 +7,12 @@ models, under the GPU assumptions below (stated in the output, change them with 
     forward(T tokens)        = 2 * P * T / (F * u)                       per model copy
     stage(T)                 = r_stage * forward(T) / c                  c = data-parallel copies
     copies c                 = floor(G / g), g = ceil(weights / (M - reserve)) GPUs per copy (device_map)
-    squeeze passes           = L / floor(B / (8 d_ff^2))                 B = the Gram memory bound (2 GiB)
+    squeeze passes           = L / floor(B / (k 8 d_ff^2))               B = the Gram memory bound (2 GiB)
     squeeze statistics       = passes * r_ffn * forward(T) / c
     selection                = L * s_cpu * (d_ff / d_ff_small)^3 * (F64_cpu / F64_gpu)
     memory per GPU           = weights / g + max(repair 8 (d+1) 2d per span, squeeze Grams per pass)
+
+k Grams per block: 2 with the auto ridge (the default: fitted-on and held-back sums), 1 with a fixed one.
 
 P parameters, T calibration tokens, F the GPU's dense bf16 peak, u the fraction of it a forward pass
 reaches, M its memory, L blocks, d hidden size, d_ff FFN size; r_stage measured (stage time / bare
@@ -54,6 +56,12 @@ def main() -> None:
     )
     parser.add_argument("--gram-bound-gib", type=float, default=2.0, help="the squeeze's Gram memory bound")
     parser.add_argument(
+        "--grams-per-block",
+        type=int,
+        default=2,
+        help="2 with the auto ridge (the default), 1 with a fixed one",
+    )
+    parser.add_argument(
         "--selection-s-per-block", type=float, default=None, help="measured small-model selection s/block"
     )
     parser.add_argument("--out", default="benchmarks/results/scale.json")
@@ -69,7 +77,7 @@ def main() -> None:
         for gpus in (1, 8):
             rows.append(_project(name, shape, gpus, ratios, small, selection, args))
     assumptions = {k: getattr(args, k) for k in ("tokens", "gpu_tflops", "utilisation", "gpu_memory_gb",
-                   "reserve_gb", "fp64_gflops_cpu", "fp64_tflops_gpu", "gram_bound_gib")}  # fmt: skip
+                   "reserve_gb", "fp64_gflops_cpu", "fp64_tflops_gpu", "gram_bound_gib", "grams_per_block")}  # fmt: skip
     report = {"benchmark": "scale", "measured_from": args.measured, "ratios": ratios, "small": small,
               "selection_s_per_block_small": selection, "selection_from": source, "assumptions": assumptions, "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(report, indent=1))
@@ -115,9 +123,13 @@ def _project(name: str, shape: dict, gpus: int, ratios: dict, small: dict, selec
     if copies == 0:
         return {**row, "fits": False}
     d, d_ff, blocks = shape["d"], shape["d_ff"], shape["blocks"]
+    from prune.width.stats import block_groups
+
     gram = 8 * d_ff * d_ff
-    per_pass = max(1, int(args.gram_bound_gib * 2**30 // gram))
-    passes = math.ceil(blocks / per_pass)
+    groups = block_groups(
+        blocks, d_ff, None, max_bytes=int(args.gram_bound_gib * 2**30), grams_per_block=args.grams_per_block
+    )
+    per_pass, passes = len(groups[0]), len(groups)
     scale = (d_ff / small["d_ff"]) ** 3 * (args.fp64_gflops_cpu / (args.fp64_tflops_gpu * 1e3))
     row.update(
         fits=True,
@@ -130,7 +142,8 @@ def _project(name: str, shape: dict, gpus: int, ratios: dict, small: dict, selec
         repair_stats_gb=8 * (d + 1) * 2 * d / 1e9,
         gram_gb_per_block=gram / 1e9,
         # a Gram larger than the bound still needs one block's worth: the bound cannot go below it
-        memory_per_gpu_gb=weights_gb / per_copy + max(8 * (d + 1) * 2 * d, gram * per_pass) / 1e9,
+        memory_per_gpu_gb=weights_gb / per_copy
+        + max(8 * (d + 1) * 2 * d, gram * per_pass * args.grams_per_block) / 1e9,
     )  # fmt: skip
     return row
 
@@ -141,7 +154,8 @@ def table(report: dict) -> str:
         f"Assumed: {a['gpu_tflops']:.0f} TFLOP/s bf16 peak at {a['utilisation']:.0%} for a forward pass, "
         f"{a['gpu_memory_gb']:.0f} GB per GPU ({a['reserve_gb']:.0f} GB reserved), fp64 {a['fp64_tflops_gpu']:.0f} "
         f"TFLOP/s on the GPU vs {a['fp64_gflops_cpu']:.0f} GFLOP/s on the measuring CPU core; "
-        f"{a['tokens']:.0f} calibration tokens; Gram bound {a['gram_bound_gib']} GiB. Measured stage / forward "
+        f"{a['tokens']:.0f} calibration tokens; Gram bound {a['gram_bound_gib']} GiB, "
+        f"{a.get('grams_per_block', 1)} Gram(s) per block. Measured stage / forward "
         f"ratios ({report['small']['model']}, {report['small']['tokens']} tokens): {report['ratios']}; analyse = "
         "0.9 x forward (collector_overhead.py: 0.80-1.00x); selection "
         f"{report['selection_s_per_block_small']:.2f} s per block ({report.get('selection_from')}, d_ff 1536).",

@@ -93,19 +93,8 @@ def main() -> None:
     def measure(name: str, budget, work):
         if results.done(f"{name}|{budget}") and budget is not None:
             return None
-        gc.collect()
-        sampler = _sampler()
-        with sampler:
-            before = sampler.peak
-            start = time.perf_counter()
-            value = work()
-            seconds = time.perf_counter() - start
-        row = {
-            "stage": name,
-            "tokens": budget,
-            "seconds": round(seconds, 2),
-            "peak_mib_above": round(max(0, sampler.peak - before) / 2**20, 1),
-        }
+        value, seconds, peak_mib = peak_above(work)
+        row = {"stage": name, "tokens": budget, "seconds": round(seconds, 2), "peak_mib_above": peak_mib}
         results.add(f"{name}|{budget}", row)
         print(row, flush=True)
         return value
@@ -192,6 +181,22 @@ def _take(batches, budget: int):
         need = -(-left // per_row)
         yield {k: v[: min(rows, need)] for k, v in batch.items()}
         left -= min(rows, need) * per_row
+
+
+def peak_above(work):
+    """Run `work()`: ``(its value, wall seconds, peak RSS MiB above the process's resident set before it)``.
+
+    Garbage is collected and freed heap returned to the OS first, so that the rise is the work's own; the
+    RSS is sampled every millisecond (`prune.evaluation.speed`).
+    """
+    gc.collect()
+    sampler = _sampler()
+    with sampler:
+        before = sampler.peak
+        start = time.perf_counter()
+        value = work()
+        seconds = time.perf_counter() - start
+    return value, seconds, round(max(0, sampler.peak - before) / 2**20, 1)
 
 
 def _sampler():

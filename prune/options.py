@@ -137,9 +137,11 @@ class CollectOptions(_Group):
     ffn_block_group: int | None = Field(
         default=None,
         ge=1,
-        description="Blocks whose FFN statistics are collected in one calibration pass (a d_ff x d_ff float64 "
-        "Gram each: 19 MB for d_ff 1536, 969 MB for 11008); default: as many as fit in 2 GiB. Later groups "
-        "are measured on the model with the earlier groups already squeezed.",
+        description="Blocks whose FFN statistics are collected in one calibration pass; one group is held at a "
+        "time: a d_ff x d_ff float64 Gram per block (19 MB for d_ff 1536, 969 MB for 11008), two with "
+        "--ffn-ridge auto (fitted-on and held-back sums). Default: as many blocks as keep those Grams within "
+        "2 GiB (a 7B model: one block per pass with the auto ridge, two otherwise). Later groups are measured "
+        "on the model with the earlier groups already squeezed.",
     )
 
 

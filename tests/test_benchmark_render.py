@@ -100,3 +100,27 @@ def test_width_tables_of_a_file_from_before_the_held_back_error_still_render():
     text = width_tables(_width_data())
     assert "FFN output error" not in text
     assert "12.50" in text and "13.00" in text
+
+
+def test_ffn_memory_table_counts_the_held_grams_and_labels_the_projection_computed():
+    from benchmarks.ffn_memory import projection
+    from benchmarks.render import ffn_memory_tables
+
+    row = {
+        "label": "after",
+        "stage": "squeeze",
+        "keep": "0.75",
+        "group": 5,
+        "passes": 6,
+        "grams_per_block": 2,
+    }
+    row.update(gram_mib_per_group=90.0, peak_mib_above=400.4, seconds=61.0)
+    data = {"model": "m", "tokens": 4096, "batch_size": 8, "seq_len": 256, "method": "squeeze"}
+    text = ffn_memory_tables(
+        {**data, "default_max_bytes": 2 * 1024**3, "projection": projection(), "rows": [row]}
+    )
+    assert "| after | squeeze | 0.75 | 5 | 6 | 2 | 90 | 180 | 400 | 61 |" in text
+    assert "Computed, not measured" in text
+    # the 7B default: two blocks a pass with one Gram each, one with the auto ridge's two
+    assert "| 1 (analyze, a fixed --ffn-ridge) | 2 | 16 | 1849 |" in text
+    assert "| 2 (the auto ridge, the default) | 1 | 32 | 1849 |" in text

@@ -185,7 +185,9 @@ class CandidateBuilder:
         stats = None
         size = self._d_ff()
         kept = self.anatomy.num_blocks - len(drop)
-        if size and kept * gram_bytes(size) <= CACHE_BYTES:
+        hold_back = options.ffn_ridge == "auto"
+        # two Grams per block with the held-back batches summed apart
+        if size and kept * (2 if hold_back else 1) * gram_bytes(size) <= CACHE_BYTES:
             from prune.anatomy import get_anatomy
             from prune.width.ridge import collect_split_stats
 
@@ -196,7 +198,7 @@ class CandidateBuilder:
                 self.fit,
                 get_anatomy(cut, options.block_path),
                 list(range(kept)),
-                hold_back=options.ffn_ridge == "auto",
+                hold_back=hold_back,
                 max_tokens=options.max_tokens,
                 skip_tokens=options.skip_tokens,
                 progress=self.progress,

@@ -100,6 +100,7 @@ def neurons_needed(
             )
             counts.append({f"{level:g}": count_for(curve, level, sizes[b]) for level in levels})
             tokens = stats[b].num_tokens
+        del stats  # before the next group is collected: one group's Grams at a time
     return NeuronsNeeded(size=max(sizes), levels=tuple(levels), counts=counts, num_tokens=tokens)
 
 

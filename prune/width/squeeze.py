@@ -113,8 +113,11 @@ def squeeze_model(
             on every 5th calibration batch, held back from a first fit, and the fold is then fitted on all
             the batches with it (`prune.width.ridge`; no extra forward pass). Methods without a
             least-squares fold, or a single calibration batch, use the default 1e-3.
-        block_group: Blocks per calibration pass (None: as many as fit 2 GiB of float64 Grams). Each
-            pass runs on the model as it is then, so later groups see the earlier ones squeezed.
+        block_group: Blocks per calibration pass (None: as many as fit 2 GiB of float64 Grams, two per
+            block with the auto ridge: `prune.width.stats.block_groups`); one group's statistics are held
+            at a time. Each pass runs on the model as it is then, so later groups see the earlier ones
+            squeezed. ``keep="auto:E"`` collects every group twice (the energy curves of all blocks come
+            first), unless all blocks fit one group.
         max_tokens, skip_tokens: Token budget and leading tokens left out, as in `collect_stats`.
         accelerator: Optional ``accelerate.Accelerator``.
         inplace: Squeeze `model` itself; by default a deep copy is squeezed and `model` is untouched.
@@ -180,7 +183,6 @@ def squeeze_model(
             "squeezed width for them"
         )
     size = sizes.pop()
-    groups = block_groups(len(blocks), size, block_group)
     collect = dict(max_tokens=max_tokens, skip_tokens=skip_tokens, accelerator=accelerator, progress=progress)
 
     count = None if budget.fraction is None else max(1, round(budget.fraction * size))
@@ -195,6 +197,8 @@ def squeeze_model(
     if validate and stats is not None and held_back_stats is None:
         validate, ridge_note = False, "statistics given without held_back_stats, so the ridge is the default"
     fixed_ridge = DEFAULT_RIDGE if ridge == "auto" else float(ridge)
+    # the held-back batches are summed apart: two Grams per block, which the default bound counts
+    groups = block_groups(len(blocks), size, block_group, grams_per_block=2 if validate else 1)
 
     def collect_group(group: list[int]) -> dict[int, tuple[Any, Any]]:
         """(fitted-on, held-back or None) statistics of the group's blocks, one pass over the batches."""
@@ -234,7 +238,52 @@ def squeeze_model(
                     block_problem(mlp.parts(blocks[b]), pooled(group_stats[b])).fit_moment(), limit=limit
                 )
             cached = group_stats if len(groups) == 1 else {}
+            # freed before the next group is collected: one group's statistics at a time
+            del group_stats
         count = max(neurons_needed(curves[b], budget.energy, size) for b in curves)
+
+    def fold(b: int, pair: tuple[Any, Any]) -> BlockSqueeze:
+        """Select, compensate and fold block `b`; its pooled sums and moments are freed on return."""
+        parts = mlp.parts(blocks[b])
+        fit_stats, held_stats = pair
+        choice = None
+        if validate:
+            # the ridge is measured on the held-back batches; the fold then uses all of them
+            choice = choose_ridge(
+                block_problem(parts, fit_stats),
+                block_problem(parts, held_stats),
+                count,
+                selector,
+                chosen.compensation,
+                selection_ridge=fixed_ridge,
+            )
+        block_ridge = choice.ridge if choice is not None else fixed_ridge
+        problem = block_problem(parts, pooled(pair))
+        if b not in curves and energy_levels:
+            curves[b] = energy_curve(problem.fit_moment(), limit=limit)
+        kept = selector(problem, count, fixed_ridge)
+        transform, offset = interpolation(problem, kept, chosen.compensation, block_ridge)
+        error, uncompensated = output_errors(problem, kept, transform, offset)
+        apply_to_block(parts, kept, transform, offset)
+        logger.info(
+            "block %d: kept %d of %d neurons, output error %.4f (ridge %g)",
+            b,
+            count,
+            size,
+            error,
+            block_ridge,
+        )
+        return BlockSqueeze(
+            block=b,
+            kept=int(kept.numel()),
+            size=size,
+            error=error,
+            error_uncompensated=uncompensated,
+            neurons_for_energy={f"{e:g}": neurons_needed(curves[b], e, size) for e in energy_levels},
+            ridge=block_ridge,
+            held_back_error=choice.held_back_error if choice is not None else None,
+        )
+
     results: list[BlockSqueeze] = []
     num_tokens = held_tokens = 0
     for group in groups:
@@ -242,52 +291,12 @@ def squeeze_model(
         if group_stats is None:
             group_stats = collect_group(group)
             passes += 1
-        for b in group:
-            parts = mlp.parts(blocks[b])
-            fit_stats, held_stats = group_stats[b]
-            choice = None
-            if validate:
-                # the ridge is measured on the held-back batches; the fold then uses all of them
-                choice = choose_ridge(
-                    block_problem(parts, fit_stats),
-                    block_problem(parts, held_stats),
-                    count,
-                    selector,
-                    chosen.compensation,
-                    selection_ridge=fixed_ridge,
-                )
-            block_ridge = choice.ridge if choice is not None else fixed_ridge
-            every_token = pooled(group_stats[b])
-            problem = block_problem(parts, every_token)
-            num_tokens = every_token.num_tokens
-            held_tokens = held_stats.num_tokens if held_stats is not None else 0
-            if b not in curves and energy_levels:
-                curves[b] = energy_curve(problem.fit_moment(), limit=limit)
-            kept = selector(problem, count, fixed_ridge)
-            transform, offset = interpolation(problem, kept, chosen.compensation, block_ridge)
-            error, uncompensated = output_errors(problem, kept, transform, offset)
-            results.append(
-                BlockSqueeze(
-                    block=b,
-                    kept=int(kept.numel()),
-                    size=size,
-                    error=error,
-                    error_uncompensated=uncompensated,
-                    neurons_for_energy={f"{e:g}": neurons_needed(curves[b], e, size) for e in energy_levels},
-                    ridge=block_ridge,
-                    held_back_error=choice.held_back_error if choice is not None else None,
-                )
-            )
-            apply_to_block(parts, kept, transform, offset)
-            logger.info(
-                "block %d: kept %d of %d neurons, output error %.4f (ridge %g)",
-                b,
-                count,
-                size,
-                results[-1].error,
-                block_ridge,
-            )
-        del group_stats
+        results += [fold(b, group_stats[b]) for b in group]
+        fit_stats, held_stats = group_stats[group[-1]]
+        held_tokens = held_stats.num_tokens if held_stats is not None else 0
+        num_tokens = fit_stats.num_tokens + held_tokens
+        # freed before the next group is collected: one group's statistics at a time
+        del group_stats, fit_stats, held_stats
         cached = {}
     if config is not None:
         setattr(config, mlp.intermediate_size_key, count)

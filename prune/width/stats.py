@@ -8,8 +8,16 @@ the compensation are computed from these two sums.
 
 Memory: a Gram costs ``d_ff^2 * 8`` bytes (SmolLM2-135M, d_ff 1536: 18.9 MB; MiniLM-L6, 1536: the same;
 Llama-2-7B, 11008: 969 MB), plus a float32 batch product of half that while it is added. Blocks are
-collected in groups, one calibration pass per group, so that at most `max_bytes` of Grams are held
-(default 2 GiB: all 30 blocks of SmolLM2 in one pass, two blocks of a 7B model per pass).
+collected in groups, one calibration pass per group, and only one group's statistics are alive at a
+time, so a group of G blocks holds G Grams, or 2 G with the squeeze's auto ridge (the default: the
+fitted-on and the held-back batches are summed apart, `prune.width.ridge.collect_split_stats`). The
+default group (`block_groups`) is as many blocks as keep those Grams under `DEFAULT_MAX_BYTES` = 2 GiB:
+all 30 blocks of SmolLM2 in one pass (1.1 GB with the auto ridge); for a 7B model two blocks per pass
+with one Gram each (`prune-llm analyze`, a fixed ridge), one with the auto ridge. The bound is on the
+statistics only: on top come one batch's forward activations and, while a block is selected and folded,
+a few of its Grams' worth of moments, factors and float64 weight copies, freed block by block; glibc's
+heap may keep freed Grams resident (measured: benchmarks/README.md, "FFN statistics memory against the
+block group").
 
 Example:
     >>> groups = block_groups(num_blocks=6, d_ff=64, group=None)
@@ -68,7 +76,12 @@ def gram_bytes(d_ff: int) -> int:
 
 
 def block_groups(
-    num_blocks: int, d_ff: int, group: int | None, *, max_bytes: int = DEFAULT_MAX_BYTES
+    num_blocks: int,
+    d_ff: int,
+    group: int | None,
+    *,
+    max_bytes: int | None = None,
+    grams_per_block: int = 1,
 ) -> list[list[int]]:
     """Split the blocks into the groups collected in one pass each.
 
@@ -76,10 +89,14 @@ def block_groups(
         num_blocks: Number of blocks.
         d_ff: Their intermediate size.
         group: Blocks per pass; None: as many as keep the Grams under `max_bytes` (at least one).
-        max_bytes: Memory bound of the Grams held at once when `group` is None.
+        max_bytes: Memory bound of the Grams held at once when `group` is None (default
+            `DEFAULT_MAX_BYTES`).
+        grams_per_block: Grams each block holds (2 with the auto ridge: the fitted-on and the held-back
+            sums, `prune.width.ridge.collect_split_stats`).
     """
     if group is None:
-        group = max(1, int(max_bytes // max(gram_bytes(d_ff), 1)))
+        bound = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        group = max(1, int(bound // max(grams_per_block * gram_bytes(d_ff), 1)))
     group = max(1, min(group, num_blocks))
     return [list(range(start, min(start + group, num_blocks))) for start in range(0, num_blocks, group)]
 
