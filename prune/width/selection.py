@@ -65,7 +65,9 @@ class BlockProblem:
 def damped(h: Tensor, ridge: float) -> Tensor:
     """``h + ridge * mean(diag h) * I``: keeps the solves well posed when neurons are (near) dependent."""
     scale = float(h.diagonal().mean().clamp_min(1e-30))
-    return h + torch.eye(h.shape[0], dtype=h.dtype) * (ridge * scale)
+    out = h.clone()  # one copy: adding an identity matrix would hold two more d_ff x d_ff matrices
+    out.diagonal().add_(ridge * scale)
+    return out
 
 
 Selector = Callable[[BlockProblem, int, float], Tensor]
