@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks._common import Results, load_protocol, quality_keys
+from benchmarks._common import Results, held_out_quality, load_protocol
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
 
     import copy
 
-    from prune.evaluation import evaluate_model
+    from prune.width.budget import parse_ffn_keep
     from prune.width.compensate import apply_to_block, block_problem, interpolation
     from prune.width.methods import FFN_METHODS
     from prune.width.ridge import choose_ridge, collect_split_stats
@@ -53,7 +53,7 @@ def main() -> None:
     mlp, blocks = anatomy.require_mlp("the allocation"), anatomy.blocks(model)
     size = mlp.intermediate_size(blocks[0])
     step = size // args.levels
-    uniform = max(1, round(args.keep * size))
+    uniform = parse_ffn_keep(args.keep).count(size)
     if uniform % step:
         raise SystemExit(
             f"keep {args.keep} gives {uniform} neurons, not a multiple of {step}; pick another keep"
@@ -98,15 +98,7 @@ def main() -> None:
                 apply_to_block(parts, kept, transform, offset)
         return target
 
-    def measure(candidate) -> dict:
-        reference = None if setup.kind == "causal-lm" else model
-        values = evaluate_model(
-            candidate, setup.tokenizer, kind=setup.kind, texts=setup.eval_texts, reference=reference,
-            settings=setup.settings,
-        )  # fmt: skip
-        return {k: values[k] for k in quality_keys(setup.kind)}
-
-    results.add("dense", {"method": "(dense)", **measure(model)})
+    results.add("dense", {"method": "(dense)", **held_out_quality(setup, model)})
     for name, per_block in (
         ("uniform", dict.fromkeys(range(len(blocks)), uniform)),
         ("per-layer", allocation),
@@ -118,7 +110,7 @@ def main() -> None:
             "objective": sum(weighted[b][per_block[b]] for b in per_block),
             "curves_s": curves_s,
         }
-        results.add(name, {**row, **measure(squeezed(per_block))})
+        results.add(name, {**row, **held_out_quality(setup, squeezed(per_block))})
         print(name, {k: v for k, v in results.data["rows"][-1].items() if k != "key"}, flush=True)
     results.save(
         errors={b: {c: e for c, (e, _) in row.items()} for b, row in errors.items()}, weights=weights

@@ -92,7 +92,9 @@ def _items(text: str) -> list[str]:
 
 
 def _kept(keep: float, size: int) -> int:
-    return max(1, round(keep * size))
+    from prune.width.budget import parse_ffn_keep
+
+    return parse_ffn_keep(keep).count(size)
 
 
 def config_keys(model: Any) -> tuple[str, str]:

@@ -141,18 +141,15 @@ class _Search:
     def _energy_curves(self, fit, progress) -> dict[int, Any]:
         """Pivoted-Cholesky energy curves of the original's FFNs (one pass; a sample of as many blocks as
         fit the squeeze's Gram bound, `prune.width.stats.DEFAULT_MAX_BYTES`)."""
-        from prune.width import stats as ffn_stats
         from prune.width.compensate import block_problem
         from prune.width.selection import energy_curve
-        from prune.width.stats import collect_ffn_stats, gram_bytes
+        from prune.width.stats import block_groups, collect_ffn_stats
 
         if self.anatomy.mlp is None or not self.d_ff:
             return {}
         blocks = self.anatomy.num_blocks
-        fits = max(1, int(ffn_stats.DEFAULT_MAX_BYTES // gram_bytes(self.d_ff)))
-        sample = sorted(
-            {round(i * (blocks - 1) / max(min(fits, blocks) - 1, 1)) for i in range(min(fits, blocks))}
-        )
+        fits = len(block_groups(blocks, self.d_ff, None)[0])  # one squeeze pass's blocks, one Gram each
+        sample = sorted({round(i * (blocks - 1) / max(fits - 1, 1)) for i in range(fits)})
         o = self.options
         stats = collect_ffn_stats(
             self.original,

@@ -22,6 +22,16 @@ class KeepBudget:
     fraction: float | None = None
     energy: float | None = None
 
+    def count(self, size: int) -> int | None:
+        """Neurons a block of `size` keeps under a fraction (at least one); None for an energy budget, whose
+        count comes from the blocks' energy curves.
+
+        Example:
+            >>> parse_ffn_keep(0.75).count(1536), parse_ffn_keep("auto:0.99").count(1536)
+            (1152, None)
+        """
+        return None if self.fraction is None else max(1, round(self.fraction * size))
+
     def describe(self) -> str:
         return (
             f"{self.fraction:g} of the neurons"

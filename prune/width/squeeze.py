@@ -185,7 +185,7 @@ def squeeze_model(
     size = sizes.pop()
     collect = dict(max_tokens=max_tokens, skip_tokens=skip_tokens, accelerator=accelerator, progress=progress)
 
-    count = None if budget.fraction is None else max(1, round(budget.fraction * size))
+    count = budget.count(size)
     limit = max((*energy_levels, *((budget.energy,) if budget.energy is not None else ())), default=0.0)
     ridge_note = None
     validate = ridge == "auto" and chosen.compensation == "ls"
