@@ -240,6 +240,22 @@ def load_protocol(
     )
 
 
+def held_out_quality(setup: Setup, candidate: Any) -> dict[str, float]:
+    """`quality_keys` of `candidate` on the setup's held-out text (encoders: fidelity to ``setup.model``)."""
+    from prune.evaluation import evaluate_model
+
+    reference = None if setup.kind == "causal-lm" else setup.model
+    values = evaluate_model(
+        candidate,
+        setup.tokenizer,
+        kind=setup.kind,
+        texts=setup.eval_texts,
+        reference=reference,
+        settings=setup.settings,
+    )
+    return {k: values[k] for k in quality_keys(setup.kind)}
+
+
 def quality_keys(kind: str) -> tuple[str, ...]:
     """The held-out quality a table shows: perplexity for causal LMs, fidelity to the original for encoders."""
     return ("perplexity",) if kind == "causal-lm" else ("cosine_mean", "cosine_min")

@@ -22,7 +22,7 @@ import argparse
 import sys
 import time
 
-from benchmarks._common import Results, load_protocol, quality_keys
+from benchmarks._common import Results, held_out_quality, load_protocol, quality_keys
 
 
 def main() -> None:
@@ -43,7 +43,6 @@ def main() -> None:
 
     import torch
 
-    from prune.evaluation import evaluate_model
     from prune.width import squeeze_model
     from prune.width.ridge import hold_back_split
 
@@ -55,19 +54,7 @@ def main() -> None:
     out = args.json_out or f"benchmarks/results/local_fit_{args.model.replace('/', '_')}.json"
     results = Results(out, {"model": args.model, "protocol": setup.protocol, "settings": vars(args)})
 
-    def measure(candidate) -> dict:
-        reference = None if setup.kind == "causal-lm" else model
-        values = evaluate_model(
-            candidate,
-            setup.tokenizer,
-            kind=setup.kind,
-            texts=setup.eval_texts,
-            reference=reference,
-            settings=setup.settings,
-        )
-        return {k: values[k] for k in keys}
-
-    results.add("dense", {"method": "(dense)", **measure(model)})
+    results.add("dense", {"method": "(dense)", **held_out_quality(setup, model)})
     start = time.perf_counter()
     squeezed = squeeze_model(model, setup.calib, keep=args.keep, progress=False)
     results.add(
@@ -76,7 +63,7 @@ def main() -> None:
             "method": "squeeze",
             "keep": args.keep,
             "squeeze_s": time.perf_counter() - start,
-            **measure(squeezed.model),
+            **held_out_quality(setup, squeezed.model),
         },
     )
     print(f"squeeze: {results.data['rows'][-1]}", flush=True)
@@ -100,7 +87,7 @@ def main() -> None:
     for parameter in squeezed.model.parameters():
         parameter.requires_grad_(False)
     row = {"method": "squeeze + local fit", "keep": args.keep, "fit_s": fit_s, "blocks": blocks}
-    results.add("squeeze+local", {**row, **measure(squeezed.model)})
+    results.add("squeeze+local", {**row, **held_out_quality(setup, squeezed.model)})
     mean = [
         sum(b[k] for b in blocks) / len(blocks) for k in ("held_back_error_before", "held_back_error_after")
     ]

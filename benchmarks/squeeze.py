@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 METHODS = ("squeeze", "squeeze-forward", "textbook", "pivot", "flap", "wanda", "magnitude")
@@ -60,6 +59,7 @@ def main() -> None:
 
     import torch
 
+    from benchmarks._common import command_line
     from prune.anatomy import get_anatomy
     from prune.data import load_texts, make_batches
     from prune.evaluation import EvalSettings, evaluate_model
@@ -117,7 +117,7 @@ def main() -> None:
                 "calib_tokens": calib_tokens,
                 "held_back_tokens": held_tokens,
                 "collect_s": collect_s,
-                "command": "python " + " ".join(sys.argv),
+                "command": command_line(),
                 "rows": rows,
             }
             with open(args.json_out, "w") as handle:
